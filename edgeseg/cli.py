@@ -1,0 +1,25 @@
+"""The `edgeseg` command line: one click group, one module per command under edgeseg.commands.
+
+Commands import their heavy dependencies (TensorFlow, ONNX Runtime, training code) only when
+they run, so `edgeseg --help` is instant and works on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgeseg import __version__
+from edgeseg.commands.data import data
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgeseg")
+def main() -> None:
+    """Offline nucleus segmentation for microscopy images.
+
+    Nothing is ever uploaded: edgeseg opens no network connection. Start with
+    `edgeseg COMMAND --help`.
+    """
+
+
+main.add_command(data)

@@ -1,0 +1,1 @@
+"""Click commands of the `edgeseg` CLI, one module each."""

@@ -1,0 +1,127 @@
+"""Read nucleus datasets into (image, uint16 instance labels) pairs.
+
+Two layouts are understood, picked automatically per folder:
+
+* Kaggle DSB2018: ``<root>/<id>/images/<id>.png`` and ``<root>/<id>/masks/*.png``, one binary
+  mask per nucleus; the masks are merged into one label image (nucleus k gets label k).
+* Plain: ``<root>/images/<name>.<ext>`` with ``<root>/labels/<name>.<tif|png>`` (a label image
+  per sample, the layout StarDist and Cellpose users already have).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's files are; reading is deferred so listing is cheap."""
+
+    id: str
+    image_path: Path
+    mask_paths: tuple[Path, ...] = ()
+    label_path: Path | None = None
+
+    def files(self) -> tuple[Path, ...]:
+        extra = (self.label_path,) if self.label_path else ()
+        return (self.image_path, *self.mask_paths, *extra)
+
+
+@dataclass
+class Sample:
+    id: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def _kaggle_refs(root: Path) -> list[SampleRef]:
+    refs = []
+    for sample_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        images_dir = sample_dir / "images"
+        if not images_dir.is_dir():
+            raise DatasetError(f"{sample_dir}: missing images/ folder")
+        image_path = images_dir / f"{sample_dir.name}.png"
+        if not image_path.is_file():
+            found = sorted(images_dir.glob("*.png"))
+            if len(found) != 1:
+                raise DatasetError(f"{images_dir}: expected one image named {image_path.name}")
+            image_path = found[0]
+        masks_dir = sample_dir / "masks"
+        mask_paths = tuple(sorted(masks_dir.glob("*.png"))) if masks_dir.is_dir() else ()
+        refs.append(SampleRef(sample_dir.name, image_path, mask_paths=mask_paths))
+    return refs
+
+
+def _plain_refs(root: Path) -> list[SampleRef]:
+    images_dir, labels_dir = root / "images", root / "labels"
+    refs = []
+    for image_path in sorted(images_dir.iterdir()):
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        candidates = [labels_dir / f"{image_path.stem}{suffix}" for suffix in LABEL_SUFFIXES]
+        label_path = next((c for c in candidates if c.is_file()), None)
+        if label_path is None:
+            raise DatasetError(f"{image_path}: no label image {image_path.stem}.tif/.png in {labels_dir}")
+        refs.append(SampleRef(image_path.stem, image_path, label_path=label_path))
+    return refs
+
+
+def find_samples(root: str | os.PathLike) -> list[SampleRef]:
+    """List the samples under ``root`` (either layout), sorted by id."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        refs = _plain_refs(root)
+    else:
+        refs = _kaggle_refs(root)
+    if not refs:
+        raise DatasetError(f"{root}: no samples found (expected <id>/images/<id>.png folders "
+                           "or images/ + labels/ folders)")
+    return refs
+
+
+def merge_masks(mask_paths: tuple[Path, ...], shape: tuple[int, int]) -> np.ndarray:
+    """Merge one-nucleus binary masks into a uint16 label image (later masks win overlaps)."""
+    labels = np.zeros(shape, dtype=np.uint16)
+    for index, mask_path in enumerate(mask_paths, start=1):
+        mask = read_image(mask_path)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if mask.shape != shape:
+            raise DatasetError(f"{mask_path}: mask size {mask.shape} differs from image {shape}")
+        foreground = mask > 0
+        if not foreground.any():
+            raise DatasetError(f"{mask_path}: empty mask")
+        labels[foreground] = index
+    return labels
+
+
+def load_sample(ref: SampleRef) -> Sample:
+    """Decode one sample; raises DatasetError naming the file for anything malformed."""
+    try:
+        image = read_image(ref.image_path)
+        shape = image.shape[:2]
+        if ref.label_path is not None:
+            labels = read_image(ref.label_path)
+            if labels.ndim != 2 or labels.shape != shape:
+                raise DatasetError(f"{ref.label_path}: label image {labels.shape} does not "
+                                   f"match image {shape}")
+            labels = labels.astype(np.uint16)
+        else:
+            labels = merge_masks(ref.mask_paths, shape)
+    except ImageReadError as error:
+        raise DatasetError(str(error)) from error
+    return Sample(ref.id, image, labels)
