@@ -10,6 +10,9 @@ import click
 
 from edgeseg import __version__
 from edgeseg.commands.data import data
+from edgeseg.commands.evaluate import evaluate
+from edgeseg.commands.segment import segment
+from edgeseg.commands.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,3 +26,6 @@ def main() -> None:
 
 
 main.add_command(data)
+main.add_command(evaluate, name="eval")
+main.add_command(train)
+main.add_command(segment)

@@ -73,7 +73,9 @@ def _plain_refs(root: Path) -> list[SampleRef]:
         candidates = [labels_dir / f"{image_path.stem}{suffix}" for suffix in LABEL_SUFFIXES]
         label_path = next((c for c in candidates if c.is_file()), None)
         if label_path is None:
-            raise DatasetError(f"{image_path}: no label image {image_path.stem}.tif/.png in {labels_dir}")
+            raise DatasetError(
+                f"{image_path}: no label image {image_path.stem}.tif/.png in {labels_dir}"
+            )
         refs.append(SampleRef(image_path.stem, image_path, label_path=label_path))
     return refs
 
@@ -88,8 +90,10 @@ def find_samples(root: str | os.PathLike) -> list[SampleRef]:
     else:
         refs = _kaggle_refs(root)
     if not refs:
-        raise DatasetError(f"{root}: no samples found (expected <id>/images/<id>.png folders "
-                           "or images/ + labels/ folders)")
+        raise DatasetError(
+            f"{root}: no samples found (expected <id>/images/<id>.png folders "
+            "or images/ + labels/ folders)"
+        )
     return refs
 
 
@@ -117,8 +121,9 @@ def load_sample(ref: SampleRef) -> Sample:
         if ref.label_path is not None:
             labels = read_image(ref.label_path)
             if labels.ndim != 2 or labels.shape != shape:
-                raise DatasetError(f"{ref.label_path}: label image {labels.shape} does not "
-                                   f"match image {shape}")
+                raise DatasetError(
+                    f"{ref.label_path}: label image {labels.shape} does not match image {shape}"
+                )
             labels = labels.astype(np.uint16)
         else:
             labels = merge_masks(ref.mask_paths, shape)

@@ -1,0 +1,45 @@
+"""Keras backend: runs the training-format .keras model, for checks on a training machine.
+
+TensorFlow is not part of the runtime install; this backend exists only where the train
+extra is installed and says so clearly elsewhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.backends.base import Backend, BackendUnavailable
+
+
+class KerasBackend(Backend):
+    name = "keras"
+
+    def __init__(self, path: Path, manifest: Mapping[str, Any], threads: int | None = None):
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError as error:
+            raise BackendUnavailable(
+                "Keras backend unavailable here: TensorFlow/Keras is not installed "
+                "(install edgeseg[train], or use an exported .onnx/.tflite model)"
+            ) from error
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow already started in this process
+                warnings.warn(
+                    "TensorFlow is already initialised: threads setting ignored", stacklevel=2
+                )
+        # Keras loads from a path only; load_backend verified this file's sha256 just before.
+        self._model = keras.saving.load_model(path, compile=False)
+        batch, height, width = self._model.input_shape[:3]
+        self.fixed_batch = batch
+        self.input_size = (height, width) if height and width else None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model.predict_on_batch(batch))

@@ -1,0 +1,105 @@
+"""Score a folder of predicted label images against a dataset's ground truth.
+
+Any tool's output can be scored the same way, so edgeseg models, exported models and other
+segmenters (StarDist, Cellpose, ...) are compared with one implementation of the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.data.dataset import find_samples
+from edgeseg.imageio import read_image
+from edgeseg.metrics import aggregate, score_image
+
+SPLIT_FOLDERS = {
+    "test": "stage1_test",
+    "train": "stage1_train",
+    "train_fixed": "stage1_train_fixed",
+}
+PREDICTION_SUFFIXES = ("_labels.tif", "_labels.tiff", "_labels.png")
+
+
+class EvaluationError(ValueError):
+    """Predictions cannot be scored; the message names the file."""
+
+
+def resolve_split(data_root: Path, split: str) -> Path:
+    """The dataset folder to score against: ``data_root/stage1_<split>`` or data_root itself.
+
+    data_root may be the DSB2018 folder (holding stage1_test, stage1_train, ...) or one
+    dataset folder in either layout edgeseg.data reads; ``split`` is ignored in the latter case.
+    """
+    if split not in SPLIT_FOLDERS:
+        raise EvaluationError(f"unknown split {split!r}: choose one of {sorted(SPLIT_FOLDERS)}")
+    data_root = Path(data_root)
+    if any(data_root.glob("stage1_*")):
+        folder = data_root / SPLIT_FOLDERS[split]
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: no such folder for split {split!r}")
+        return folder
+    find_samples(data_root)  # raises DatasetError naming the folder if it holds no samples
+    return data_root
+
+
+def prediction_path(pred_dir: Path, sample_id: str) -> Path | None:
+    """``<pred_dir>/<id>_labels.tif`` (or .tiff, .png, in that preference); None if absent."""
+    candidates = (Path(pred_dir) / f"{sample_id}{suffix}" for suffix in PREDICTION_SUFFIXES)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def evaluate_folder(
+    pred_dir: Path,
+    data_root: Path,
+    split: str = "test",
+    ids: Iterable[str] | None = None,
+    progress: Callable[[list], Iterable] | None = None,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    allow_missing: bool = False,
+) -> dict:
+    """Score ``<pred_dir>/<id>_labels.tif`` for every id of the split (or only ``ids``).
+
+    Returns {"aggregate": mean scores plus "images", "per_image": {id: scores}, "dataset":
+    folder scored against, "missing": ids without a prediction}. A missing prediction is an
+    error naming the file unless ``allow_missing``, which scores only the images predicted:
+    the aggregate then covers fewer images, so it is off by default.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"{pred_dir}: no such prediction folder")
+    folder = resolve_split(Path(data_root), split)
+    known = [ref.id for ref in find_samples(folder)]
+    wanted = known if ids is None else list(ids)
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise EvaluationError(f"{folder}: ids not in dataset: {unknown[:5]}")
+    paths = {sample_id: prediction_path(pred_dir, sample_id) for sample_id in wanted}
+    missing = [sample_id for sample_id, path in paths.items() if path is None]
+    if missing and not allow_missing:
+        expected = pred_dir / f"{missing[0]}_labels.tif"
+        raise EvaluationError(
+            f"{expected}: missing prediction ({len(missing)} of {len(wanted)} images have none)"
+        )
+    present = [sample_id for sample_id in wanted if paths[sample_id] is not None]
+    if not present:
+        raise EvaluationError(f"{pred_dir}: no <id>_labels.tif predictions for {folder}")
+    samples = load_dataset(folder, cache_dir=cache_dir, ids=present)
+    per_image = {}
+    for sample in progress(samples) if progress else samples:
+        path = paths[sample.id]
+        pred = read_image(path)
+        if pred.ndim != 2:
+            raise EvaluationError(f"{path}: expected a 2-D label image, got shape {pred.shape}")
+        try:
+            per_image[sample.id] = score_image(sample.labels, pred)
+        except ValueError as error:
+            raise EvaluationError(f"{path}: {error}") from error
+    return {
+        "aggregate": aggregate(per_image),
+        "per_image": per_image,
+        "dataset": str(folder),
+        "missing": missing,
+    }

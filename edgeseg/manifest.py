@@ -1,0 +1,75 @@
+"""Model manifests: the JSON beside every model artifact that says how to run it and
+proves the artifact is the one that was verified.
+
+A manifest lives at ``<artifact>.json`` (``unet.onnx`` -> ``unet.onnx.json``) and records
+the artifact's sha256; the runtime refuses to load an artifact whose bytes do not match, so a
+truncated copy or a tampered file can never silently produce wrong nuclei.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+OUTPUT_CHANNELS = ("foreground", "boundary")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not match its artifact."""
+
+
+def manifest_path(artifact: str | os.PathLike) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(artifact: str | os.PathLike, **fields: Any) -> Path:
+    """Write ``<artifact>.json`` with ``fields`` plus the artifact's name and sha256."""
+    artifact = Path(artifact)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "artifact": artifact.name,
+        "sha256": file_sha256(artifact),
+        "output_channels": list(OUTPUT_CHANNELS),
+        **fields,
+    }
+    path = manifest_path(artifact)
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Load the manifest of ``artifact``; with ``verify`` refuse a hash mismatch."""
+    artifact = Path(artifact)
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise ManifestError(
+            f"{artifact}: no manifest {path.name} beside it; refusing an unverified model"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path}: unreadable manifest ({error})") from error
+    if verify:
+        actual = file_sha256(artifact)
+        if actual != manifest.get("sha256"):
+            raise ManifestError(
+                f"{artifact}: sha256 {actual[:12]}... does not match its manifest "
+                f"({str(manifest.get('sha256'))[:12]}...): the file was modified or corrupted; "
+                "refusing to load it"
+            )
+    return manifest

@@ -1,0 +1,91 @@
+"""The public Python API: load a model once, then segment images of any size.
+
+    from edgeseg.segmenter import load_segmenter
+    segmenter = load_segmenter()              # the built-in default model
+    labels = segmenter.segment(image)         # uint16 (H, W), 0 = background
+
+Every path to labels (CLI, benchmarks, export checks) goes through `Segmenter.segment`:
+normalise once, predict probabilities tile by tile, post-process once on the full map.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from edgeseg.backends import Backend, load_backend
+from edgeseg.manifest import read_manifest
+from edgeseg.models import resolve_model
+from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+from edgeseg.preprocess import normalize
+from edgeseg.tiling import TileSettings, predict_tiled
+
+
+def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
+    """The thresholds the model was validated with (manifest ``postprocess``)."""
+    spec = manifest.get("postprocess", {})
+    known = {field.name for field in fields(PostprocessSettings)}
+    return PostprocessSettings(**{key: value for key, value in spec.items() if key in known})
+
+
+class Segmenter:
+    """A loaded model plus the tiling and post-processing settings that go with it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        manifest: Mapping[str, Any],
+        settings: PostprocessSettings | None = None,
+        tiles: TileSettings | None = None,
+    ) -> None:
+        self.backend = backend
+        self.manifest = dict(manifest)
+        self.settings = settings or postprocess_settings(manifest)
+        self.tiles = tiles or TileSettings.from_manifest(manifest)
+
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
+        return predict_tiled(self.backend, normalize(image), self.tiles)
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels."""
+        probabilities = self.predict_probabilities(image)
+        return instances_from_probabilities(
+            probabilities[..., 0], probabilities[..., 1], self.settings
+        )
+
+
+def load_segmenter(
+    model: str | os.PathLike | None = None,
+    backend: str | None = None,
+    threads: int | None = None,
+    tile: int | None = None,
+    *,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+) -> Segmenter:
+    """Load a built-in model by name (None: the default) or an exported artifact by path.
+
+    ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
+    threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling.
+    """
+    artifact = resolve_model(model)
+    manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
+    engine = load_backend(artifact, manifest, backend=backend, threads=threads)
+    if tile is not None and engine.input_size not in (None, (tile, tile)):
+        height, width = engine.input_size
+        raise ValueError(
+            f"{artifact}: this model only accepts {height}x{width} tiles; "
+            f"it cannot use tile size {tile}"
+        )
+    return Segmenter(
+        engine,
+        manifest,
+        tiles=TileSettings.from_manifest(
+            manifest, size=tile, overlap=overlap, batch_size=batch_size
+        ),
+    )

@@ -1,0 +1,49 @@
+"""Shared fixtures: where the real DSB2018 data is, and small synthetic nuclei images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path | None:
+    candidates = [os.environ.get("EDGESEG_DATA"), REPO_ROOT.parent / "shared" / "data" / "dsb2018"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "stage1_test").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def dsb_root() -> Path:
+    """The real DSB2018 folder; tests using it are skipped with a reason when it is absent."""
+    root = _data_root()
+    if root is None:
+        pytest.skip("real DSB2018 data not found: set EDGESEG_DATA=/path/to/dsb2018")
+    return root
+
+
+def synthetic_nuclei(
+    shape: tuple[int, int] = (128, 128), count: int = 12, seed: int = 0, touching: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fluorescence-like uint8 image and its uint16 instance labels (disks, some touching)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.uint16)
+    for index in range(1, count + 1):
+        radius = int(rng.integers(4, 10))
+        center = (
+            int(rng.integers(radius, shape[1] - radius)),
+            int(rng.integers(radius, shape[0] - radius)),
+        )
+        disk = np.zeros(shape, dtype=np.uint8)
+        cv2.circle(disk, center, radius, 1, -1)
+        labels[(disk > 0) & (touching | (labels == 0))] = index
+    image = np.where(labels > 0, 180, 20).astype(np.float32)
+    image += rng.normal(0, 8, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels

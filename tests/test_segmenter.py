@@ -1,0 +1,135 @@
+"""The public API end to end with a real ONNX model, and how models are found by name."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import synthetic_nuclei
+from tiny_models import threshold_model
+
+import edgeseg.models
+from edgeseg.manifest import manifest_path
+from edgeseg.models import ModelNotFoundError, list_models, resolve_model
+from edgeseg.segmenter import load_segmenter
+
+
+@pytest.fixture
+def onnx_model(tmp_path: Path) -> Path:
+    return threshold_model(tmp_path / "threshold.onnx")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("edgeseg tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_segment_finds_each_synthetic_nucleus(onnx_model: Path, no_network: None) -> None:
+    image, truth = synthetic_nuclei((160, 200), count=14, seed=3, touching=False)
+    segmenter = load_segmenter(onnx_model, threads=1)
+    labels = segmenter.segment(image)
+    assert labels.dtype == np.uint16 and labels.shape == image.shape
+    blobs, _ = cv2.connectedComponents((truth > 0).astype(np.uint8))
+    assert labels.max() == blobs - 1  # disks that touch share intensity: one blob each
+    overlap = (
+        np.logical_and(labels > 0, truth > 0).sum() / np.logical_or(labels > 0, truth > 0).sum()
+    )
+    assert overlap > 0.9
+
+
+def test_colour_and_16_bit_images_give_the_same_labels(onnx_model: Path) -> None:
+    image, _ = synthetic_nuclei((96, 120), seed=4)
+    segmenter = load_segmenter(str(onnx_model))
+    labels = segmenter.segment(image)
+    np.testing.assert_array_equal(segmenter.segment(np.dstack([image] * 3)), labels)
+    np.testing.assert_array_equal(segmenter.segment(image.astype(np.uint16) * 257), labels)
+    probabilities = segmenter.predict_probabilities(image)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (96, 120, 2)
+
+
+def test_post_processing_follows_the_manifest(onnx_model: Path) -> None:
+    path = manifest_path(onnx_model)
+    manifest = json.loads(path.read_text())
+    manifest["postprocess"]["min_area"] = 10_000  # larger than any synthetic nucleus
+    path.write_text(json.dumps(manifest))
+    segmenter = load_segmenter(onnx_model)
+    assert segmenter.settings.min_area == 10_000
+    assert segmenter.segment(synthetic_nuclei()[0]).max() == 0
+
+
+def test_tile_options_override_the_manifest(onnx_model: Path, tmp_path: Path) -> None:
+    segmenter = load_segmenter(onnx_model, tile=128, overlap=16, batch_size=2)
+    assert (segmenter.tiles.size, segmenter.tiles.overlap, segmenter.tiles.batch_size) == (
+        128,
+        16,
+        2,
+    )
+    image, _ = synthetic_nuclei((300, 280), count=30, seed=5)
+    np.testing.assert_array_equal(
+        segmenter.segment(image), load_segmenter(onnx_model).segment(image)
+    )
+    with pytest.raises(ValueError, match="only accepts 64x64 tiles"):
+        load_segmenter(threshold_model(tmp_path / "fixed.onnx", tile=64), tile=128)
+
+
+# --- built-in models, in a stand-in models folder ---
+
+
+@pytest.fixture
+def models_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setattr(edgeseg.models, "models_dir", lambda: folder)
+    return folder
+
+
+def _packaged(folder: Path, file: str, name: str) -> Path:
+    path = threshold_model(folder / file)
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest_path(path).write_text(json.dumps({**manifest, "name": name}))
+    return path
+
+
+def test_no_built_in_model_is_a_clear_error(models_folder: Path) -> None:
+    assert list_models() == []
+    with pytest.raises(ModelNotFoundError, match="no built-in model installed"):
+        load_segmenter()
+
+
+def test_single_packaged_model_is_the_default(models_folder: Path) -> None:
+    path = _packaged(models_folder, "unet.onnx", "unet-fp32")
+    (model,) = list_models()
+    assert (model.name, model.artifact, model.is_default) == ("unet-fp32", path, True)
+    assert resolve_model(None) == path
+    assert load_segmenter().segment(synthetic_nuclei()[0]).max() > 0
+
+
+def test_default_txt_picks_among_several_models(models_folder: Path) -> None:
+    _packaged(models_folder, "unet.onnx", "unet-fp32")
+    small = _packaged(models_folder, "unet-small.onnx", "unet-small")
+    with pytest.raises(ModelNotFoundError, match="no default among the built-in models"):
+        resolve_model(None)
+    (models_folder / "default.txt").write_text("unet-small\n")
+    assert resolve_model(None) == small
+    assert resolve_model("unet-small") == small
+    assert [model.is_default for model in list_models()] == [False, True]
+
+
+def test_unknown_names_and_missing_paths_are_explained(models_folder: Path) -> None:
+    _packaged(models_folder, "unet.onnx", "unet-fp32")
+    with pytest.raises(ModelNotFoundError, match="built-in models are unet-fp32"):
+        resolve_model("unet-int8")
+    with pytest.raises(ModelNotFoundError, match="no such model file"):
+        resolve_model("exports/unet.tflite")
+
+
+def test_packaged_models_folder_is_readable() -> None:
+    assert all(model.artifact.parent == edgeseg.models.models_dir() for model in list_models())

@@ -1,0 +1,39 @@
+"""The complete, JSON-serialisable description of one training run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training.augment import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    data_copy: str = "stage1_train_fixed"  # or "stage1_train"
+    epochs: int = 40
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 5e-5
+    warmup_epochs: int = 1
+    boundary_weight: float = 1.0
+    dice_weight: float = 1.0
+    seed: int = 42
+    threads: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        values = json.loads(Path(path).read_text())
+        augment = values.pop("augment", {})
+        for key, value in augment.items():
+            if isinstance(value, list):
+                augment[key] = tuple(value)
+        return cls(**values, augment=AugmentConfig(**augment))

@@ -1,0 +1,31 @@
+"""Model registry: every trainable edgeseg model, built by name.
+
+All models take NHWC float32 (N, H, W, 1) from edgeseg.preprocess.normalize and return
+(N, H, W, 2) sigmoid probabilities [foreground, boundary]; they are fully convolutional and
+use only ops that TFLite builtins, ONNX and TensorRT support (no Lambda, no custom ops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+from training.models.resnet import build_resnet
+from training.models.simple_cnn import build_simple_cnn
+from training.models.unet import build_unet
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "simple_cnn": build_simple_cnn,
+    "unet": build_unet,
+    "resnet": build_resnet,
+}
+
+# Input H and W must be multiples of this for each model (its total downsampling).
+SIZE_MULTIPLE = {"simple_cnn": 1, "unet": 16, "resnet": 16}
+
+
+def build_model(name: str, **kwargs) -> keras.Model:
+    if name not in BUILDERS:
+        raise KeyError(f"unknown model {name!r}; choose from {sorted(BUILDERS)}")
+    return BUILDERS[name](**kwargs)

@@ -1,0 +1,19 @@
+"""Building blocks shared by the models."""
+
+from __future__ import annotations
+
+from keras import layers
+
+
+def conv_bn_relu(x, filters: int, kernel_size: int = 3, strides: int = 1, name: str = ""):
+    """Conv (no bias: BN follows) + BatchNorm + ReLU; BN folds into the conv at export."""
+    x = layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def probability_head(x, name: str = "probabilities"):
+    """The two output maps every edgeseg model predicts: [foreground, boundary]."""
+    return layers.Conv2D(2, 1, activation="sigmoid", dtype="float32", name=name)(x)

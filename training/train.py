@@ -1,0 +1,180 @@
+"""Train one edgeseg model on DSB2018 stage1 with the fixed split; resumable every epoch.
+
+Run folder layout (``training/runs/<name>/``):
+  config.json        the exact TrainConfig
+  log.csv            one row per epoch: losses, learning rate, validation metrics, seconds
+  checkpoint.keras   model + optimizer after the last finished epoch (for --resume)
+  state.json         last finished epoch, best validation score and epoch, wall time
+  model.keras        the best model on the validation split (inference only, no optimizer)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.metrics import aggregate, score_image
+from edgeseg.preprocess import image_kind, normalize
+from training.augment import random_crop
+from training.config import TrainConfig
+from training.split import load_split
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+    """What 'best on validation' means: mean of pixel IoU and DSB score (both matter)."""
+    return 0.5 * (metrics["pixel_iou"] + metrics["dsb_score"])
+
+
+def _configure_tensorflow(threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _crop_dataset(
+    config: TrainConfig, images: list, labels: list, weights: np.ndarray, epoch0: int
+):
+    import keras
+
+    class CropBatches(keras.utils.PyDataset):
+        """Deterministic batches: batch i of epoch e always comes from seed (seed, e, i)."""
+
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = epoch0
+
+        def __len__(self) -> int:
+            return config.steps_per_epoch
+
+        def __getitem__(self, index: int):
+            rng = np.random.default_rng([config.seed, self.epoch, index])
+            picks = rng.choice(len(images), size=config.batch_size, p=weights)
+            pairs = [random_crop(images[i], labels[i], config.augment, rng) for i in picks]
+            return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+    return CropBatches()
+
+
+def _sampling_weights(kinds: list[str]) -> np.ndarray:
+    """Sample images with weight 1/sqrt(count of their modality): rare kinds seen more."""
+    counts = {kind: kinds.count(kind) for kind in set(kinds)}
+    weights = np.array([1.0 / math.sqrt(counts[kind]) for kind in kinds])
+    return weights / weights.sum()
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Linear warm-up then cosine decay; a pure function of the epoch, so resume is exact."""
+    if epoch < config.warmup_epochs:
+        return config.learning_rate * (epoch + 1) / (config.warmup_epochs + 1)
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+def train(
+    config: TrainConfig,
+    data_root: Path,
+    run_dir: Path,
+    resume: bool = False,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    verbose: int | None = None,
+) -> dict:
+    """Train (or resume) the run in ``run_dir``; returns the final state."""
+    _configure_tensorflow(config.threads)
+    import keras
+
+    from training.losses import SegmentationLoss
+    from training.models import SIZE_MULTIPLE, build_model
+    from training.predict import predict_labels
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, checkpoint_path = run_dir / "state.json", run_dir / "checkpoint.keras"
+    if resume and state_path.is_file():
+        config = TrainConfig.from_file(run_dir / "config.json")
+        state = json.loads(state_path.read_text())
+        model = keras.saving.load_model(checkpoint_path)
+    else:
+        if state_path.exists():
+            raise FileExistsError(f"{run_dir} already holds a run; use --resume or a new --out")
+        keras.utils.set_random_seed(config.seed)
+        (run_dir / "config.json").write_text(config.to_json())
+        state = {"epoch": 0, "best_score": -1.0, "best_epoch": None, "wall_seconds": 0.0}
+        model = build_model(config.model, **config.model_kwargs)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=SegmentationLoss(config.boundary_weight, config.dice_weight),
+        )
+
+    split = load_split()
+    train_samples = load_dataset(data_root / config.data_copy, cache_dir)
+    train_samples = [s for s in train_samples if s.id in set(split["train"])]
+    validation = load_dataset(data_root / "stage1_train", cache_dir, ids=split["validation"])
+    images = [normalize(s.image) for s in train_samples]
+    labels = [s.labels for s in train_samples]
+    weights = _sampling_weights([image_kind(s.image) for s in train_samples])
+    multiple = SIZE_MULTIPLE[config.model]
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Validate on whole images, keep the best model, checkpoint for resume."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            per_image = {
+                s.id: score_image(s.labels, predict_labels(self.model, s.image, multiple))
+                for s in validation
+            }
+            metrics = aggregate(per_image)
+            for key in ("pixel_iou", "mean_iou_2class", "dsb_score", "ap50", "f1_50"):
+                logs[f"val_{key}"] = metrics[key]
+            score = selection_score(metrics)
+            logs["val_selection_score"] = score
+            state["wall_seconds"] += time.time() - self.started
+            logs["seconds"] = state["wall_seconds"]
+            state["epoch"] = epoch + 1
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch + 1, best_metrics=metrics)
+                inference = keras.models.clone_model(self.model)
+                inference.set_weights(self.model.get_weights())
+                _atomic_save(inference, run_dir / "model.keras")
+            _atomic_save(self.model, checkpoint_path)
+            state["machine"] = (
+                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            )
+            state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+    dataset = _crop_dataset(config, images, labels, weights, state["epoch"])
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(lambda e: learning_rate(config, e)),
+        EpochEnd(),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+    ]
+    if state["epoch"] < config.epochs:
+        model.fit(
+            dataset,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=callbacks,
+            verbose=verbose if verbose is not None else "auto",
+        )
+    return state
+
+
+def _atomic_save(model, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.part.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
