@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -19,6 +20,8 @@ import tifffile
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
+_UMASK = os.umask(0o022)  # read once, while importing is single-threaded, and put back
+os.umask(_UMASK)
 
 
 class ImageReadError(ValueError):
@@ -68,6 +71,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     )
     os.close(handle)
     temporary_path = Path(temporary)
+    os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may need to read
     try:
         yield temporary_path
         os.replace(temporary_path, final)
@@ -86,3 +90,213 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
             tifffile.imwrite(temporary, labels16, compression="zlib")
         elif not cv2.imwrite(str(temporary), labels16):
             raise OSError(f"{path}: could not write {path.suffix} image")
+
+
+DEFAULT_MAX_MEGAPIXELS = 100.0
+_CHANNEL_AXES = "CS"
+_GENERIC_AXES = "QI"
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def read_plane(
+    path: str | os.PathLike,
+    page: int | None = None,
+    channel: int | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> np.ndarray:
+    """Read the one 2-D image a segmenter sees: (H, W), or (H, W, 2-4) gray+alpha or colour.
+
+    ``page`` picks a plane of a multi-page/multi-plane TIFF and ``channel`` one channel of a
+    multichannel image; both are required exactly when the file is ambiguous without them, so
+    a Z-stack or a 3-channel fluorescence stack is never silently collapsed. Images above
+    ``max_megapixels`` are refused before decoding: segmenting takes about 60 bytes of memory
+    per pixel, and a clear refusal beats the workstation running out of memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff_plane(path, page, channel, max_megapixels)
+    else:
+        size = _header_size(path)
+        if size is not None:
+            _check_size(path, size, max_megapixels)
+        array = read_image(path)
+        _check_size(path, array.shape[:2], max_megapixels)
+        axes = "YX" if array.ndim == 2 else "YXS"
+        array = _apply(array, axes, _plan(path, axes, array.shape, page, channel))
+    if array.size == 0:
+        raise ImageReadError(path, f"empty image of shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ImageReadError(path, f"unsupported pixel type {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        finite = array[np.isfinite(array)]
+        if finite.size == 0:
+            raise ImageReadError(path, "no finite pixel value (all NaN or infinite)")
+        array = np.nan_to_num(array, nan=0.0, posinf=finite.max(), neginf=finite.min())
+    return array
+
+
+def _check_size(path: Path, size: tuple[int, ...], max_megapixels: float) -> None:
+    height, width = int(size[0]), int(size[1])
+    megapixels = height * width / 1e6
+    if megapixels > max_megapixels:
+        raise ImageReadError(
+            path,
+            f"image is {width} x {height} ({megapixels:,.0f} megapixels), above the limit of "
+            f"{max_megapixels:g} megapixels; crop or downsample it, or raise --max-megapixels "
+            "if this computer has the memory (about 60 bytes per pixel)",
+        )
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PNG/JPEG/BMP header without decoding; None if not parseable."""
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+        if head.startswith(b"BM") and len(head) >= 26:
+            width = int.from_bytes(head[18:22], "little", signed=True)
+            height = int.from_bytes(head[22:26], "little", signed=True)
+            return abs(height), abs(width)
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg_size(handle)
+    return None
+
+
+def _jpeg_size(handle: BinaryIO) -> tuple[int, int] | None:
+    """Walk JPEG markers to the first start-of-frame segment, which holds the size."""
+    handle.seek(2)
+    while True:
+        marker = handle.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        if marker[1] in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            continue
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = int.from_bytes(length_bytes, "big")
+        if marker[1] in _JPEG_FRAME_MARKERS:
+            frame = handle.read(5)
+            if len(frame) < 5:
+                return None
+            return int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+        handle.seek(length - 2, os.SEEK_CUR)
+
+
+def _read_tiff_plane(
+    path: Path, page: int | None, channel: int | None, max_megapixels: float
+) -> np.ndarray:
+    """Read only the TIFF page(s) needed, using tifffile's axes (ImageJ, OME, shaped)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            same_shape = [s for s in tif.series if s.shape == series.shape]
+            if len(same_shape) > 1 and _plane_count(series.axes, series.shape) == 1:
+                # Pages written one by one (no stack metadata): each is its own series.
+                index = _pick_index(path, "page", page, len(same_shape), "pages")
+                series, page = same_shape[index], None
+            shape = tuple(series.shape)
+            axes = _logical_axes(series.axes, shape)
+            _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), max_megapixels)
+            index = _plan(path, axes, shape, page, channel)
+            page_shape = tuple(series.keyframe.shape)
+            leading = len(shape) - len(page_shape)
+            if (
+                axes == series.axes
+                and leading >= 0
+                and shape[leading:] == page_shape
+                and int(np.prod(shape[:leading])) == len(series.pages)
+            ):  # read just the one page holding the plane and channel asked for
+                key = int(np.ravel_multi_index(index[:leading], shape[:leading])) if leading else 0
+                array = np.asarray(tif.asarray(key=key, series=series)).reshape(page_shape)
+                axes, index = axes[leading:], index[leading:]
+            else:
+                array = series.asarray()
+    except ImageReadError:
+        raise
+    except Exception as error:  # tifffile raises many types for corrupt files
+        raise ImageReadError(path, f"unreadable TIFF ({error})") from error
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return _apply(array, axes, index)
+
+
+def _logical_axes(axes: str, shape: tuple[int, ...]) -> str:
+    """Fix tifffile's generic axes for a channels-last stack it stored as pages, e.g. (H, W, 5)."""
+    if (
+        len(shape) == 3
+        and all(axis in _GENERIC_AXES + "YX" for axis in axes)
+        and shape[2] <= 16 < min(shape[0], shape[1])
+    ):
+        return "YXC"
+    return axes
+
+
+def _plane_count(axes: str, shape: tuple[int, ...]) -> int:
+    sizes = [n for a, n in zip(axes, shape, strict=True) if a not in "YX" + _CHANNEL_AXES]
+    return int(np.prod(sizes))
+
+
+def _pick_index(path: Path, option: str, value: int | None, count: int, what: str) -> int:
+    """Validate ``--page``/``--channel`` against what the file has; name the file if wrong."""
+    if value is None:
+        raise ImageReadError(
+            path, f"has {count} {what}; choose one with --{option} N (0 to {count - 1})"
+        )
+    if not 0 <= value < count:
+        raise ImageReadError(
+            path, f"--{option} {value} is out of range: the image has {count} {what}"
+        )
+    return value
+
+
+def _plan(
+    path: Path, axes: str, shape: tuple[int, ...], page: int | None, channel: int | None
+) -> list[int | slice]:
+    """One index per axis: a number for plane and channel axes, a full slice for Y, X and colour."""
+    planes = [i for i, a in enumerate(axes) if a not in "YX" + _CHANNEL_AXES and shape[i] > 1]
+    channels = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES and shape[i] > 1]
+    if (
+        channel is not None
+        and page is None
+        and not channels
+        and len(planes) == 1
+        and axes[planes[0]] in _GENERIC_AXES
+    ):
+        channels, planes = planes, []  # a plain (C, H, W) stack: the user says it is channels
+    if len(channels) > 1:
+        raise ImageReadError(path, f"unsupported layout: several channel axes ({axes} {shape})")
+    index: list[int | slice] = [0 if n == 1 else slice(None) for n in shape]
+    index[axes.index("Y")] = index[axes.index("X")] = slice(None)
+    plane_count = int(np.prod([shape[i] for i in planes]))
+    if planes or page is not None:
+        plane_axes = "".join(axes[i] for i in planes)
+        if not planes:
+            described = "page"
+        elif plane_axes in _GENERIC_AXES:
+            described = "pages (if they are channels, use --channel N instead)"
+        else:
+            described = f"pages/planes (axes {plane_axes})"
+        flat = _pick_index(path, "page", page, plane_count, described)
+        for i, value in zip(
+            planes, np.unravel_index(flat, [shape[i] for i in planes]), strict=True
+        ):
+            index[i] = int(value)
+    if channels:
+        axis = channels[0]
+        colour = axes[axis] == "S" and shape[axis] in (2, 3, 4)
+        if channel is not None or not colour:
+            index[axis] = _pick_index(path, "channel", channel, shape[axis], "channels")
+    elif channel is not None:
+        _pick_index(path, "channel", channel, 1, "channel")
+    return index
+
+
+def _apply(array: np.ndarray, axes: str, index: list[int | slice]) -> np.ndarray:
+    """Index ``array`` and order what is left as (Y, X[, S])."""
+    kept = [a for a, i in zip(axes, index, strict=True) if isinstance(i, slice)]
+    array = array[tuple(index)]
+    order = [kept.index(a) for a in "YX"] + [i for i, a in enumerate(kept) if a not in "YX"]
+    return np.ascontiguousarray(array.transpose(order))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.data.dataset import Sample
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind, normalize
 from training.augment import random_crop
@@ -37,8 +38,11 @@ def _configure_tensorflow(threads: int) -> None:
     import tensorflow as tf
 
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already running in this process: keep its pools
+            pass
 
 
 def _crop_dataset(
@@ -90,9 +94,29 @@ def train(
     run_dir: Path,
     resume: bool = False,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
-    verbose: int | None = None,
+    verbose: int | str = "auto",
 ) -> dict:
-    """Train (or resume) the run in ``run_dir``; returns the final state."""
+    """Train (or resume) on DSB2018 stage1 with the fixed split; returns the final state."""
+    if resume and (run_dir / "config.json").is_file():
+        config = TrainConfig.from_file(run_dir / "config.json")
+    split = load_split()
+    train_ids = set(split["train"])
+    train_samples = [
+        s for s in load_dataset(data_root / config.data_copy, cache_dir) if s.id in train_ids
+    ]
+    validation = load_dataset(data_root / "stage1_train", cache_dir, ids=split["validation"])
+    return train_on_samples(config, train_samples, validation, run_dir, resume, verbose)
+
+
+def train_on_samples(
+    config: TrainConfig,
+    train_samples: list[Sample],
+    validation: list[Sample],
+    run_dir: Path,
+    resume: bool = False,
+    verbose: int | str = "auto",
+) -> dict:
+    """Train (or resume) the run in ``run_dir`` on explicit samples; returns the final state."""
     _configure_tensorflow(config.threads)
     import keras
 
@@ -103,7 +127,6 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint_path = run_dir / "state.json", run_dir / "checkpoint.keras"
     if resume and state_path.is_file():
-        config = TrainConfig.from_file(run_dir / "config.json")
         state = json.loads(state_path.read_text())
         model = keras.saving.load_model(checkpoint_path)
     else:
@@ -118,10 +141,6 @@ def train(
             loss=SegmentationLoss(config.boundary_weight, config.dice_weight),
         )
 
-    split = load_split()
-    train_samples = load_dataset(data_root / config.data_copy, cache_dir)
-    train_samples = [s for s in train_samples if s.id in set(split["train"])]
-    validation = load_dataset(data_root / "stage1_train", cache_dir, ids=split["validation"])
     images = [normalize(s.image) for s in train_samples]
     labels = [s.labels for s in train_samples]
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
@@ -169,7 +188,7 @@ def train(
             epochs=config.epochs,
             initial_epoch=state["epoch"],
             callbacks=callbacks,
-            verbose=verbose if verbose is not None else "auto",
+            verbose=verbose,
         )
     return state
 

@@ -1,0 +1,460 @@
+"""The batch job behind `edgeseg segment`: many images in, labels and measurements out.
+
+Built for unattended runs on a clinic workstation:
+
+* one bad file never stops the batch: it is reported (summary.csv, one stderr line) and the
+  rest go on;
+* a crash or power cut at any moment never leaves a result a re-run would trust: every file
+  is written atomically and a per-image done-marker (``OUT/.edgeseg-done/<stem>.json``) is
+  written last, so a re-run skips exactly the images whose marker and outputs all exist;
+* reading, inference and writing overlap in three threads joined by small bounded queues,
+  so memory stays a few images whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.imageio import (
+    DEFAULT_MAX_MEGAPIXELS,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    atomic_path,
+    read_plane,
+    write_labels,
+)
+from edgeseg.measure import measure_nuclei, write_nuclei_csv
+from edgeseg.overlay import write_overlay
+from edgeseg.preprocess import normalize, to_gray
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ("file", "output_stem", "nuclei", "mean_area", "status", "error", "seconds")
+DONE_DIR = ".edgeseg-done"
+PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
+SUMMARY_EVERY_S = 10.0
+
+
+class BatchError(ValueError):
+    """The batch as a whole cannot start (no images, a bad output folder, clashing results)."""
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input image and the stem its outputs are named after."""
+
+    index: int
+    source: Path
+    stem: str
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What the user asked for; everything needed to name, check and write outputs."""
+
+    output: Path
+    page: int | None = None
+    channel: int | None = None
+    label_format: str = "tif"
+    overlay: bool = False
+    overwrite: bool = False
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+
+    def outputs(self, stem: str) -> dict[str, Path]:
+        names = {"nuclei": f"{stem}_nuclei.csv", "labels": f"{stem}_labels.{self.label_format}"}
+        if self.overlay:
+            names["overlay"] = f"{stem}_overlay.png"
+        return {kind: self.output / name for kind, name in names.items()}
+
+    def marker(self, stem: str) -> Path:
+        return self.output / DONE_DIR / f"{stem}.json"
+
+    def fingerprint(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """What makes two runs' labels differ: outputs made otherwise are never reused."""
+        return {
+            "model": manifest.get("name"),
+            "model_sha256": manifest.get("sha256"),
+            "page": self.page,
+            "channel": self.channel,
+        }
+
+
+@dataclass
+class ImageResult:
+    job: ImageJob
+    status: str  # "ok", "failed" or "skipped"
+    nuclei: int | None = None
+    mean_area: float | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchPlan:
+    todo: list[ImageJob]
+    skipped: list[ImageResult]
+
+
+def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
+    """Expand files and folders (recursively, hidden names skipped) into named jobs.
+
+    A file given by name is always a job, so an unsupported or corrupt one is reported
+    rather than silently ignored; inside folders only image suffixes are picked up.
+    """
+    found: dict[Path, Path] = {}  # resolved -> as the user will recognise it
+    for item in inputs:
+        candidates = _walk(item) if item.is_dir() else [item]
+        for path in candidates:
+            found.setdefault(path.resolve(), path)
+    if not found:
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        raise BatchError(
+            f"no images found in {', '.join(map(str, inputs))} (looked for {suffixes})"
+        )
+    sources = list(found.values())
+    stems = output_stems(sources)
+    return [ImageJob(i, sources[i], stems[i]) for i in range(len(sources))]
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name
+
+
+def output_stems(sources: Sequence[Path]) -> list[str]:
+    """Name outputs after the file's stem; stems shared by several inputs are disambiguated.
+
+    Clashing stems (compared case-insensitively, for Windows and macOS disks) become the
+    path relative to the inputs' common folder joined by "__" (``plate1/A01.tif`` ->
+    ``plate1__A01``); if that still clashes the suffix is added (``A01_tif``), then a number.
+    """
+    resolved = [source.resolve() for source in sources]
+    try:
+        root: Path | None = Path(os.path.commonpath([path.parent for path in resolved]))
+    except ValueError:  # inputs on different Windows drives share no folder
+        root = None
+
+    def by_path(index: int) -> str:
+        path = resolved[index].with_suffix("")
+        return "__".join(path.relative_to(root).parts if root else path.parts[1:])
+
+    def by_suffix(index: int) -> str:
+        return f"{by_path(index)}_{resolved[index].suffix.lstrip('.').lower()}"
+
+    stems = [path.stem for path in resolved]
+    for rename in (by_path, by_suffix):
+        counts = Counter(stem.casefold() for stem in stems)
+        stems = [rename(i) if counts[s.casefold()] > 1 else s for i, s in enumerate(stems)]
+    used: set[str] = set()
+    unique = []
+    for stem in stems:
+        candidate, number = stem, 1
+        while candidate.casefold() in used:
+            number += 1
+            candidate = f"{stem}_{number}"
+        used.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
+
+
+def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is, or is inside, an input folder (or beside an input file).
+
+    edgeseg never writes among the images it reads: a re-run would pick up its own outputs,
+    and the original folder of a study must stay untouched.
+    """
+    if output.exists() and not output.is_dir():
+        raise BatchError(f"output {output} exists and is not a folder")
+    target = output.resolve()
+    for item in inputs:
+        folder = item.resolve() if item.is_dir() else item.resolve().parent
+        if target == folder or (item.is_dir() and folder in target.parents):
+            where = f"input folder {item}" if item.is_dir() else f"folder of the input {item}"
+            relation = "the" if target == folder else "inside the"
+            raise BatchError(
+                f"output folder {output} is {relation} {where}; edgeseg never writes beside "
+                "the images it reads. Choose a folder outside it, e.g. "
+                f"-o {folder.parent / (folder.name + '_edgeseg')}"
+            )
+
+
+def plan_batch(
+    jobs: Sequence[ImageJob], settings: BatchSettings, manifest: Mapping[str, Any]
+) -> BatchPlan:
+    """Split jobs into already complete (skipped) and to do; refuse to mix in foreign results.
+
+    An image is complete when its done-marker says it was made from the same file with the
+    same model, page and channel, and every output this run asks for exists. Results made
+    from another file or with other settings are never reused nor silently replaced.
+    """
+    if settings.overwrite:
+        return BatchPlan(list(jobs), [])
+    fingerprint = settings.fingerprint(manifest)
+    todo, skipped, clashes = [], [], []
+    for job in jobs:
+        marker = _read_marker(settings.marker(job.stem))
+        if marker is None:
+            todo.append(job)
+        elif marker.get("source") != str(job.source.resolve()) or (
+            marker.get("settings") != fingerprint
+        ):
+            clashes.append((job, marker))
+        elif all(path.is_file() for path in settings.outputs(job.stem).values()):
+            nuclei, mean_area = marker.get("nuclei"), marker.get("mean_area")
+            skipped.append(ImageResult(job, "skipped", nuclei, mean_area))
+        else:
+            todo.append(job)
+    if clashes:
+        job, marker = clashes[0]
+        raise BatchError(
+            f"{settings.output} already holds results for {len(clashes)} of these images made "
+            f"from another file or with other settings, e.g. {job.stem}: "
+            f"{_difference(marker, job, fingerprint)}. Use --overwrite to replace them, or "
+            "choose another output folder."
+        )
+    return BatchPlan(todo, skipped)
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent, or not ours: the image is simply done again
+    return marker if isinstance(marker, dict) else None
+
+
+def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[str, Any]) -> str:
+    if marker.get("source") != str(job.source.resolve()):
+        return f"made from {marker.get('source')}, not {job.source.resolve()}"
+    before = marker.get("settings") or {}
+    changed = [key for key in fingerprint if before.get(key) != fingerprint[key]]
+    return "made with " + ", ".join(
+        f"{key} {before.get(key)!r} (now {fingerprint[key]!r})" for key in changed
+    )
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Delete half-written files a killed run left (atomic_path names them ``.*.part.*``)."""
+    for folder in (output, output / DONE_DIR):
+        for path in folder.glob(".*.part.*") if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+
+
+@dataclass
+class _Work:
+    """One image travelling through the pipeline."""
+
+    job: ImageJob
+    image: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+_END = object()
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that keeps its exception for the main thread to re-raise."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._work = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as error:  # re-raised by run_batch in the main thread
+            self.error = error
+
+
+def _put(channel: queue.Queue, item: object, alive: Callable[[], bool]) -> bool:
+    """Block on a bounded queue, giving up when the consumer is gone (no deadlock on errors)."""
+    while alive():
+        try:
+            channel.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ImageReadError):
+        return error.reason
+    return str(error) or type(error).__name__
+
+
+def run_batch(
+    segmenter: Any,
+    plan: BatchPlan,
+    settings: BatchSettings,
+    on_result: Callable[[ImageResult], None] | None = None,
+) -> list[ImageResult]:
+    """Segment ``plan.todo``; return every result (skipped first) and write summary.csv.
+
+    ``on_result`` is called from the writer thread once per finished image (progress bars).
+    summary.csv is rewritten atomically every few seconds and at the end, also when the run
+    is interrupted.
+    """
+    settings.output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(settings.output)
+    fingerprint = settings.fingerprint(segmenter.manifest)
+    results = list(plan.skipped)
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=PREFETCH)
+    segmented: queue.Queue = queue.Queue(maxsize=PREFETCH)
+
+    def read_all() -> None:
+        try:
+            for job in plan.todo:
+                if not _put(decoded, _read(job, settings), lambda: not stop.is_set()):
+                    return
+        finally:
+            _put(decoded, _END, lambda: not stop.is_set())
+
+    def write_all() -> None:
+        last_summary = time.monotonic()
+        while (work := segmented.get()) is not _END:
+            result = _finish(work, settings, fingerprint)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if time.monotonic() - last_summary > SUMMARY_EVERY_S:
+                write_summary(settings.output / SUMMARY_NAME, results)
+                last_summary = time.monotonic()
+
+    reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
+    reader.start()
+    writer.start()
+    try:
+        while (work := decoded.get()) is not _END:
+            if work.image is not None:
+                started = time.perf_counter()
+                try:
+                    work.labels = segmenter.segment(work.image)
+                except Exception as error:  # one image the model cannot take fails alone
+                    work.error, work.image = _describe(error), None
+                work.seconds += time.perf_counter() - started
+            if not _put(segmented, work, writer.is_alive):
+                break
+    finally:
+        stop.set()  # on Ctrl-C: read no more, but write what is already segmented
+        _put(segmented, _END, writer.is_alive)
+        writer.join()
+        reader.join()
+        write_summary(settings.output / SUMMARY_NAME, results)
+    for stage in (reader, writer):
+        if stage.error is not None:
+            raise stage.error
+    return results
+
+
+def _read(job: ImageJob, settings: BatchSettings) -> _Work:
+    started = time.perf_counter()
+    try:
+        image = read_plane(job.source, settings.page, settings.channel, settings.max_megapixels)
+        work = _Work(job, image=image)
+    except Exception as error:  # any undecodable file fails alone, named in the summary
+        work = _Work(job, error=_describe(error))
+    work.seconds = time.perf_counter() - started
+    return work
+
+
+def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]) -> ImageResult:
+    """Measure and write one image's outputs; any failure is that image's alone."""
+    if work.image is None or work.labels is None:
+        return ImageResult(work.job, "failed", error=work.error, seconds=work.seconds)
+    started = time.perf_counter()
+    try:
+        nuclei, mean_area = _write_outputs(work.job, work.image, work.labels, settings, fingerprint)
+    except Exception as error:  # e.g. disk full: report it, keep going
+        seconds = work.seconds + time.perf_counter() - started
+        return ImageResult(work.job, "failed", error=_describe(error), seconds=seconds)
+    seconds = work.seconds + time.perf_counter() - started
+    return ImageResult(work.job, "ok", nuclei, mean_area, seconds=seconds)
+
+
+def _write_outputs(
+    job: ImageJob,
+    image: np.ndarray,
+    labels: np.ndarray,
+    settings: BatchSettings,
+    fingerprint: Mapping[str, Any],
+) -> tuple[int, float | None]:
+    """Write CSV, overlay and labels, then the done-marker last, each atomically."""
+    marker = settings.marker(job.stem)
+    marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
+    paths = settings.outputs(job.stem)
+    rows = measure_nuclei(labels, to_gray(image))
+    write_nuclei_csv(paths["nuclei"], rows)
+    if "overlay" in paths:
+        write_overlay(paths["overlay"], normalize(image), labels)
+    write_labels(paths["labels"], labels)
+    mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
+    record = {
+        "source": str(job.source.resolve()),
+        "settings": dict(fingerprint),
+        "outputs": sorted(path.name for path in paths.values()),
+        "nuclei": len(rows),
+        "mean_area": mean_area,
+    }
+    with atomic_path(marker) as temporary:
+        temporary.write_text(json.dumps(record, indent=1) + "\n")
+    return len(rows), mean_area
+
+
+def write_summary(path: Path, results: Iterable[ImageResult]) -> None:
+    """One row per image in input order, rewritten atomically so it is never half a table."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SUMMARY_COLUMNS)
+        for result in sorted(results, key=lambda r: r.job.index):
+            writer.writerow(
+                [
+                    result.job.source,
+                    result.job.stem,
+                    "" if result.nuclei is None else result.nuclei,
+                    "" if result.mean_area is None else round(result.mean_area, 2),
+                    result.status,
+                    result.error,
+                    round(result.seconds, 3),
+                ]
+            )
+
+
+def summary_lines(results: Sequence[ImageResult], seconds: float, output: Path) -> list[str]:
+    """The one-screen report printed at the end of a run."""
+    counts = Counter(result.status for result in results)
+    nuclei = [result.nuclei for result in results if result.nuclei is not None]
+    rate = (counts["ok"] + counts["failed"]) / seconds if seconds > 0 else 0.0
+    lines = [
+        f"images:   {len(results)}: {counts['ok']} segmented, {counts['skipped']} skipped "
+        f"(already done), {counts['failed']} failed",
+        f"nuclei:   {sum(nuclei)} in {len(nuclei)} images",
+        f"time:     {seconds:.1f} s ({rate:.2f} images/s)",
+        f"outputs:  {output.resolve()}  (per image: <stem>_labels, <stem>_nuclei.csv; "
+        f"every image: {SUMMARY_NAME})",
+    ]
+    failed = [result for result in results if result.status == "failed"]
+    if failed:
+        lines.append(f"failed:   {len(failed)} images, listed with the reason in {SUMMARY_NAME}:")
+        lines += [f"  {result.job.source}: {result.error}" for result in failed[:5]]
+        if len(failed) > 5:
+            lines.append(f"  ... and {len(failed) - 5} more")
+    return lines

@@ -1,0 +1,192 @@
+"""`edgeseg segment`: the batch job, folders of microscopy images in, nuclei out."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from edgeseg.backends import BACKENDS
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+
+
+@click.command("segment")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the results, created if needed; not an input folder nor inside one.",
+)
+@click.option(
+    "--model",
+    help="Built-in model name, or the path of an exported model with its .json manifest "
+    "beside it [default: the built-in default model].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    help="Runtime to use [default: the one matching the model file].",
+)
+@click.option(
+    "--channel",
+    type=click.IntRange(min=0),
+    help="Channel to segment in a multichannel image (0 = first), e.g. the DAPI channel.",
+)
+@click.option(
+    "--page",
+    type=click.IntRange(min=0),
+    help="Page/plane of a multi-page TIFF, Z-stack or time series (0 = first).",
+)
+@click.option(
+    "--tile",
+    type=click.IntRange(min=16),
+    help="Tile edge in pixels for models that take any size [default: the model's, e.g. 256].",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
+@click.option("--overwrite", is_flag=True, help="Redo every image, replacing earlier results.")
+@click.option(
+    "--format",
+    "label_format",
+    type=click.Choice(["tif", "png"]),
+    default="tif",
+    show_default=True,
+    help="Label image format: zlib TIFF or 16-bit PNG.",
+)
+@click.option(
+    "--samples",
+    is_flag=True,
+    help="Segment the 4 bundled sample images (DSB2018, CC0) to try edgeseg out.",
+)
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Refuse larger images (they need about 60 bytes of memory per pixel) [default: 100].",
+)
+def segment(
+    inputs: tuple[Path, ...],
+    output: Path,
+    model: str | None,
+    backend: str | None,
+    channel: int | None,
+    page: int | None,
+    tile: int | None,
+    threads: int | None,
+    overlay: bool,
+    overwrite: bool,
+    label_format: str,
+    samples: bool,
+    max_megapixels: float | None,
+) -> None:
+    """Segment the nuclei in every image of INPUT (files and/or folders, searched recursively).
+
+    \b
+    Inputs: PNG, JPEG, BMP, TIFF (8/16-bit, float, multi-page, OME-TIFF, ImageJ).
+    RGB(A) images are used as colour; in other multichannel images pick the nuclear
+    channel with --channel N, and a plane of a multi-page TIFF or stack with --page N.
+
+    \b
+    Outputs in OUT, for an input image X.png:
+      X_labels.tif    uint16 instance labels, 0 = background (Fiji, QuPath, napari);
+                      a 16-bit X_labels.png with --format png
+      X_nuclei.csv    one row per nucleus: label, area, centroid, bbox, mean and
+                      integrated intensity, perimeter, eccentricity, solidity
+      X_overlay.png   nucleus outlines on the image, with --overlay
+      summary.csv     one row per image: nuclei, mean area, status ok/failed/skipped,
+                      error, seconds
+    Names: outputs are named after the image's file name. When several inputs share one
+    (a/X.png and b/X.tif), each is named after its path below the inputs' common folder,
+    folders joined by "__": a__X, b__X (then the extension is added if still needed).
+
+    \b
+    Resume: run the same command again after an interruption or a crash: images whose
+    outputs are complete are skipped (summary.csv says "skipped"), the others are done.
+    Results are never replaced without --overwrite, and OUT holding results of another
+    model, --channel or --page is refused. Bookkeeping lives in OUT/.edgeseg-done/.
+
+    \b
+    A file that cannot be read fails alone: named on stderr and in summary.csv, and the
+    exit status is 1. Nothing is ever sent over the network.
+
+    \b
+    Examples:
+      edgeseg segment --samples -o out/
+      edgeseg segment plate1/ plate2/ -o results/ --overlay
+      edgeseg segment stack.ome.tif --channel 0 --page 12 -o results/
+      edgeseg segment images/ -o results/ --model exported/unet.onnx --threads 4
+    """
+    from tqdm import tqdm
+
+    from edgeseg.batch import (
+        BatchError,
+        BatchSettings,
+        ImageResult,
+        check_output_folder,
+        discover_images,
+        plan_batch,
+        run_batch,
+        summary_lines,
+    )
+    from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
+    from edgeseg.segmenter import load_segmenter
+
+    if samples:
+        inputs = (*inputs, SAMPLES_DIR)
+    if not inputs:
+        raise click.UsageError("give INPUT files or folders, or --samples")
+    settings = BatchSettings(
+        output=output,
+        page=page,
+        channel=channel,
+        label_format=label_format,
+        overlay=overlay,
+        overwrite=overwrite,
+        max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
+    )
+    try:
+        check_output_folder(output, inputs)
+        jobs = discover_images(inputs)
+    except BatchError as error:
+        raise click.ClickException(str(error)) from error
+    try:
+        segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
+    except (LookupError, ValueError, RuntimeError, OSError) as error:
+        raise click.ClickException(f"cannot load the model: {error}") from error
+    try:
+        plan = plan_batch(jobs, settings, segmenter.manifest)
+    except BatchError as error:
+        raise click.ClickException(str(error)) from error
+
+    name = segmenter.manifest.get("name", "?")
+    click.echo(f"{len(jobs)} images; model {name} on {segmenter.backend.name}", err=True)
+    if plan.skipped:
+        click.echo(
+            f"{len(plan.skipped)} already done in {output} are skipped "
+            "(their outputs are complete; --overwrite redoes them)",
+            err=True,
+        )
+    started = time.perf_counter()
+    with tqdm(total=len(plan.todo), unit="img", file=sys.stderr, disable=None) as bar:
+
+        def report(result: ImageResult) -> None:
+            if result.status == "failed":
+                tqdm.write(f"FAILED {result.job.source}: {result.error}", file=sys.stderr)
+            bar.update()
+
+        try:
+            results = run_batch(segmenter, plan, settings, on_result=report)
+        except KeyboardInterrupt:
+            click.echo(
+                f"\nInterrupted. Finished images are kept in {output}; run the same command "
+                "again to do the rest.",
+                err=True,
+            )
+            sys.exit(130)
+    click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
+    if any(result.status == "failed" for result in results):
+        sys.exit(1)

@@ -1,0 +1,190 @@
+"""The batch runner with a stand-in segmenter: naming, resume rules, isolation, bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import synthetic_nuclei
+
+from edgeseg import batch
+from edgeseg.batch import (
+    BatchError,
+    BatchSettings,
+    check_output_folder,
+    discover_images,
+    output_stems,
+    plan_batch,
+    run_batch,
+)
+
+MANIFEST = {"name": "stand-in", "sha256": "ab" * 32}
+
+
+class ThresholdSegmenter:
+    """Labels = connected bright regions; optionally slow, to exercise the pipeline."""
+
+    manifest = MANIFEST
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        time.sleep(self.delay)
+        gray = image if image.ndim == 2 else image[..., 0]
+        _, labels = cv2.connectedComponents((gray > 100).astype(np.uint8))
+        return labels.astype(np.uint16)
+
+
+def _write_images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, _ = synthetic_nuclei((64, 64), count=4, seed=index)
+        paths.append(folder / f"img{index:02d}.png")
+        cv2.imwrite(str(paths[-1]), image)
+    return paths
+
+
+def _summary(output: Path) -> list[dict[str, str]]:
+    with open(output / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stems_unique_names_kept_and_clashes_use_relative_path(tmp_path: Path) -> None:
+    paths = [
+        tmp_path / "a" / "X.png",
+        tmp_path / "b" / "sub" / "X.tif",
+        tmp_path / "a" / "Y.png",
+        tmp_path / "a" / "Y.TIF",
+        tmp_path / "a" / "z.png",
+        tmp_path / "b" / "Z.png",
+    ]
+    assert output_stems(paths) == ["a__X", "b__sub__X", "a__Y_png", "a__Y_tif", "a__z", "b__Z"]
+    assert output_stems([tmp_path / "one" / "X.png"]) == ["X"]
+
+
+def test_discovery_recurses_skips_hidden_and_keeps_named_files(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in" / "deep", 2)
+    (tmp_path / "in" / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "in" / ".cache").mkdir()
+    (tmp_path / "in" / ".cache" / "c.png").write_bytes(b"x")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    (tmp_path / "extra.txt").write_text("x")
+    jobs = discover_images([tmp_path / "in", tmp_path / "extra.txt", tmp_path / "in" / "deep"])
+    assert [job.source.name for job in jobs] == ["img00.png", "img01.png", "extra.txt"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BatchError, match="no images found"):
+        discover_images([tmp_path / "empty"])
+
+
+def test_output_folder_never_an_input_folder(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _write_images(images, 1)
+    for bad in (images, images / "out", images / "deep" / "er"):
+        with pytest.raises(BatchError, match="never writes beside"):
+            check_output_folder(bad, [images])
+    with pytest.raises(BatchError, match="never writes beside"):
+        check_output_folder(images, [images / "img00.png"])
+    check_output_folder(tmp_path / "images_out", [images])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BatchError, match="not a folder"):
+        check_output_folder(tmp_path / "file", [images])
+
+
+def test_run_writes_outputs_summary_and_markers(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    settings = BatchSettings(output=tmp_path / "out", overlay=True)
+    jobs = discover_images([tmp_path / "in"])
+    results = run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    assert [r.status for r in results] == ["failed", "ok", "ok", "ok"]
+    assert "corrupt" in results[0].error
+    for stem in ("img00", "img01", "img02"):
+        for name in (f"{stem}_labels.tif", f"{stem}_nuclei.csv", f"{stem}_overlay.png"):
+            assert (tmp_path / "out" / name).is_file()
+        marker = json.loads((tmp_path / "out" / ".edgeseg-done" / f"{stem}.json").read_text())
+        assert marker["settings"]["model_sha256"] == MANIFEST["sha256"]
+    rows = _summary(tmp_path / "out")
+    assert [row["status"] for row in rows] == ["failed", "ok", "ok", "ok"]
+    assert int(rows[1]["nuclei"]) > 0 and float(rows[1]["mean_area"]) > 0
+    assert not list((tmp_path / "out").glob(".*.part*"))
+
+
+def test_plan_skips_complete_redoes_incomplete_refuses_foreign(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 3)
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    (tmp_path / "out" / "img01_nuclei.csv").unlink()
+    plan = plan_batch(jobs, settings, MANIFEST)
+    assert [job.stem for job in plan.todo] == ["img01"]
+    assert [r.job.stem for r in plan.skipped] == ["img00", "img02"]
+    assert all(r.nuclei is not None for r in plan.skipped)
+    overlay = BatchSettings(output=tmp_path / "out", overlay=True)
+    assert len(plan_batch(jobs, overlay, MANIFEST).todo) == 3  # overlays not made yet
+    with pytest.raises(BatchError, match="other settings.*model_sha256.*--overwrite"):
+        plan_batch(jobs, settings, {**MANIFEST, "sha256": "cd" * 32})
+    with pytest.raises(BatchError, match="--overwrite"):
+        plan_batch(jobs, BatchSettings(output=tmp_path / "out", channel=1), MANIFEST)
+    assert len(plan_batch(jobs, BatchSettings(tmp_path / "out", overwrite=True), MANIFEST).todo)
+    other = _write_images(tmp_path / "elsewhere", 1)
+    with pytest.raises(BatchError, match="made from .*img00.png, not"):
+        plan_batch(discover_images(other), settings, MANIFEST)
+
+
+def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_images(tmp_path / "in", 3)
+    real_write = batch.write_labels
+
+    def flaky(path: Path, labels: np.ndarray) -> None:
+        if "img01" in path.name:
+            raise OSError("No space left on device")
+        real_write(path, labels)
+
+    monkeypatch.setattr(batch, "write_labels", flaky)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    results = run_batch(ThresholdSegmenter(), plan, settings)
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert results[1].error == "No space left on device"
+    assert not (tmp_path / "out" / ".edgeseg-done" / "img01.json").exists()
+
+
+def test_pipeline_overlaps_and_holds_few_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_images(tmp_path / "in", 16)
+    lock = threading.Lock()
+    in_flight, peak, reader_threads = [0], [0], set()
+    real_read = batch.read_plane
+
+    def counting_read(*args, **kwargs) -> np.ndarray:
+        reader_threads.add(threading.current_thread().name)
+        image = real_read(*args, **kwargs)
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        return image
+
+    def done(_result: batch.ImageResult) -> None:
+        with lock:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(batch, "read_plane", counting_read)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    segmenter = ThresholdSegmenter(delay=0.02)
+    results = run_batch(segmenter, plan, settings, on_result=done)
+    assert [r.status for r in results] == ["ok"] * 16 and segmenter.calls == 16
+    assert reader_threads == {"edgeseg-reader"}
+    # 2 decoded ahead + 1 in inference + 2 queued for writing + 1 being written (+1 in hand)
+    assert 2 <= peak[0] <= 2 * batch.PREFETCH + 3

@@ -1,0 +1,151 @@
+"""Dataset reading, the decode cache, `edgeseg data check`, and the fixed split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_nuclei
+
+from edgeseg.cli import main
+from edgeseg.data.cache import load_dataset
+from edgeseg.data.dataset import DatasetError, find_samples, load_sample
+from edgeseg.imageio import write_labels
+
+
+def write_kaggle_sample(root: Path, sample_id: str, image: np.ndarray, labels: np.ndarray) -> None:
+    (root / sample_id / "images").mkdir(parents=True)
+    (root / sample_id / "masks").mkdir()
+    rgba = cv2.cvtColor(image, cv2.COLOR_GRAY2BGRA)
+    cv2.imwrite(str(root / sample_id / "images" / f"{sample_id}.png"), rgba)
+    for index in np.unique(labels)[1:]:
+        mask = (labels == index).astype(np.uint8) * 255
+        cv2.imwrite(str(root / sample_id / "masks" / f"m{index}.png"), mask)
+
+
+@pytest.fixture
+def kaggle_root(tmp_path: Path) -> Path:
+    root = tmp_path / "stage1_train"
+    for seed in range(3):
+        image, labels = synthetic_nuclei((64, 80), count=5, seed=seed, touching=False)
+        write_kaggle_sample(root, f"id{seed}", image, labels)
+    return root
+
+
+def test_kaggle_layout_merges_masks_into_labels(kaggle_root: Path) -> None:
+    refs = find_samples(kaggle_root)
+    assert [r.id for r in refs] == ["id0", "id1", "id2"]
+    sample = load_sample(refs[0])
+    _, expected = synthetic_nuclei((64, 80), count=5, seed=0, touching=False)
+    assert sample.labels.dtype == np.uint16
+    assert sample.image.shape == (64, 80, 4)
+    # Same partition of pixels, whatever numbering the mask files give.
+    assert len(np.unique(sample.labels)) == len(np.unique(expected))
+    pairs = set(zip(sample.labels.ravel().tolist(), expected.ravel().tolist(), strict=True))
+    assert len(pairs) == len(np.unique(expected))
+
+
+def test_plain_layout(tmp_path: Path) -> None:
+    image, labels = synthetic_nuclei((50, 60), count=4, seed=3)
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), image)
+    write_labels(tmp_path / "labels" / "a.tif", labels)
+    sample = load_sample(find_samples(tmp_path)[0])
+    np.testing.assert_array_equal(sample.labels, labels)
+    np.testing.assert_array_equal(sample.image, image)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("no_images_folder", "missing images/ folder"),
+        ("empty_mask", "empty mask"),
+        ("wrong_size_mask", "differs from image"),
+        ("corrupt_png", "unreadable or corrupt"),
+    ],
+)
+def test_check_names_the_bad_file(kaggle_root: Path, breakage: str, message: str) -> None:
+    sample_dir = kaggle_root / "id1"
+    mask = sorted((sample_dir / "masks").glob("*.png"))[0]
+    if breakage == "no_images_folder":
+        for path in (sample_dir / "images").iterdir():
+            path.unlink()
+        (sample_dir / "images").rmdir()
+        culprit = sample_dir
+    elif breakage == "empty_mask":
+        cv2.imwrite(str(mask), np.zeros((64, 80), np.uint8))
+        culprit = mask
+    elif breakage == "wrong_size_mask":
+        cv2.imwrite(str(mask), np.full((10, 10), 255, np.uint8))
+        culprit = mask
+    else:
+        culprit = sample_dir / "images" / "id1.png"
+        culprit.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    result = CliRunner().invoke(main, ["data", "check", str(kaggle_root)])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert str(culprit) in result.output
+
+
+def test_check_reports_counts(kaggle_root: Path) -> None:
+    result = CliRunner().invoke(main, ["data", "check", str(kaggle_root)])
+    assert result.exit_code == 0, result.output
+    assert "images:   3" in result.output
+    assert "nuclei:   15" in result.output
+    assert "64x80 x3" in result.output
+
+
+def test_cache_is_keyed_by_content(kaggle_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = load_dataset(kaggle_root, cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    mask = sorted((kaggle_root / "id2" / "masks").glob("*.png"))[0]
+    cv2.imwrite(str(mask), np.full((64, 80), 255, np.uint8))  # change one mask
+    second = load_dataset(kaggle_root, cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not np.array_equal(first[2].labels, second[2].labels)
+    np.testing.assert_array_equal(first[0].labels, second[0].labels)
+    assert [s.id for s in load_dataset(kaggle_root, cache, ids=["id1"])] == ["id1"]
+
+
+def test_fixed_split_is_disjoint_and_complete() -> None:
+    split = json.loads(
+        (Path(__file__).parents[1] / "training/splits/dsb2018_stage1.json").read_text()
+    )
+    train, validation = set(split["train"]), set(split["validation"])
+    assert not train & validation
+    assert len(train | validation) == 670
+    assert len(validation) == 67
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such folder"):
+        find_samples(tmp_path / "nope")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("split", "images", "nuclei"),
+    [("stage1_train", 670, 29461), ("stage1_train_fixed", 664, 28986), ("stage1_test", 65, 4152)],
+)
+def test_real_dataset_counts(dsb_root: Path, split: str, images: int, nuclei: int) -> None:
+    result = CliRunner().invoke(main, ["data", "check", str(dsb_root / split)])
+    assert result.exit_code == 0, result.output
+    assert f"images:   {images}\n" in result.output
+    assert f"nuclei:   {nuclei}\n" in result.output
+
+
+@pytest.mark.realdata
+def test_split_ids_exist_in_both_training_copies(dsb_root: Path) -> None:
+    split = json.loads(
+        (Path(__file__).parents[1] / "training/splits/dsb2018_stage1.json").read_text()
+    )
+    original = {r.id for r in find_samples(dsb_root / "stage1_train")}
+    fixed = {r.id for r in find_samples(dsb_root / "stage1_train_fixed")}
+    assert set(split["train"]) | set(split["validation"]) == original
+    assert set(split["validation"]) <= fixed
+    assert not original & {r.id for r in find_samples(dsb_root / "stage1_test")}

@@ -1,0 +1,142 @@
+"""read_plane: every input layout a lab produces comes out as the one plane to segment."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from edgeseg.imageio import ImageReadError, atomic_path, read_plane
+
+
+def _planes(count: int, shape: tuple[int, int] = (24, 32), dtype=np.uint16) -> np.ndarray:
+    """``count`` planes, plane i filled with i * 50 + 7, so a wrong pick is obvious."""
+    return np.stack([np.full(shape, i * 50 + 7, dtype) for i in range(count)])
+
+
+def test_gray_png_8bit(tmp_path: Path) -> None:
+    image = np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    np.testing.assert_array_equal(read_plane(tmp_path / "a.png"), image)
+
+
+def test_rgba_png_keeps_colour_and_channel_picks_one(tmp_path: Path) -> None:
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 10, 20, 30, 255
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(read_plane(tmp_path / "a.png"), rgba)
+    assert (read_plane(tmp_path / "a.png", channel=2) == 30).all()
+
+
+def test_rgb_jpeg(tmp_path: Path) -> None:
+    image = np.full((24, 32, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.jpg"), image)
+    assert read_plane(tmp_path / "a.jpg").shape == (24, 32, 3)
+
+
+def test_16bit_float_and_big_endian_tiff(tmp_path: Path) -> None:
+    image = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80
+    tifffile.imwrite(tmp_path / "u16.tif", image)
+    tifffile.imwrite(tmp_path / "be.tif", image.astype(">u2"), byteorder=">")
+    tifffile.imwrite(tmp_path / "f32.tif", image.astype(np.float32) / 7)
+    np.testing.assert_array_equal(read_plane(tmp_path / "u16.tif"), image)
+    big_endian = read_plane(tmp_path / "be.tif")
+    assert big_endian.dtype.isnative
+    np.testing.assert_array_equal(big_endian, image)
+    np.testing.assert_allclose(read_plane(tmp_path / "f32.tif"), image / 7, rtol=1e-6)
+
+
+def test_float_nan_becomes_finite(tmp_path: Path) -> None:
+    image = np.ones((24, 32), np.float32)
+    image[0, 0], image[0, 1] = np.nan, np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    assert np.isfinite(read_plane(tmp_path / "nan.tif")).all()
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path, data: tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"}),
+        lambda path, data: tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX"}),
+        lambda path, data: tifffile.imwrite(path, data, photometric="minisblack"),
+    ],
+    ids=["imagej", "ome", "plain-stack"],
+)
+def test_channel_first_stack_needs_and_honours_channel(tmp_path: Path, write) -> None:
+    path = tmp_path / "stack.tif"
+    write(path, _planes(3))
+    with pytest.raises(ImageReadError, match="--channel N|--page N") as error:
+        read_plane(path)
+    assert error.value.path == path
+    assert (read_plane(path, channel=2) == 107).all()
+    with pytest.raises(ImageReadError, match="out of range"):
+        read_plane(path, channel=3)
+
+
+def test_channels_last_tiff_needs_channel(tmp_path: Path) -> None:
+    path = tmp_path / "hwc.tif"
+    tifffile.imwrite(path, np.moveaxis(_planes(5, dtype=np.uint8), 0, -1))
+    with pytest.raises(ImageReadError, match="5 channels"):
+        read_plane(path)
+    assert (read_plane(path, channel=4) == 207).all()
+
+
+def test_multipage_tiff_needs_and_honours_page(tmp_path: Path) -> None:
+    imagej = tmp_path / "z.tif"
+    tifffile.imwrite(imagej, _planes(4), imagej=True, metadata={"axes": "ZYX"})
+    appended = tmp_path / "pages.tif"
+    for index, plane in enumerate(_planes(3)):
+        tifffile.imwrite(appended, plane, append=index > 0)
+    for path, count in ((imagej, 4), (appended, 3)):
+        with pytest.raises(ImageReadError, match=f"has {count} pages"):
+            read_plane(path)
+        assert (read_plane(path, page=count - 1) == (count - 1) * 50 + 7).all()
+
+
+def test_ome_hyperstack_page_and_channel(tmp_path: Path) -> None:
+    data = np.stack([_planes(2) + z * 1000 for z in range(3)])  # Z, C, Y, X
+    path = tmp_path / "zc.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZCYX"})
+    assert (read_plane(path, page=2, channel=1) == 2057).all()
+    with pytest.raises(ImageReadError, match="--channel"):
+        read_plane(path, page=0)
+
+
+def test_page_out_of_range_on_single_image(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ImageReadError, match="--page 1 is out of range"):
+        read_plane(tmp_path / "a.png", page=1)
+
+
+def test_huge_image_refused_before_decoding(tmp_path: Path) -> None:
+    # A PNG header claiming 60000 x 60000 pixels and nothing else: refused by its header.
+    header = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (60000).to_bytes(4, "big") * 2
+    (tmp_path / "huge.png").write_bytes(header + b"\x08\x00\x00\x00\x00" + b"\x00" * 64)
+    with pytest.raises(ImageReadError, match="60000 x 60000 .*above the limit"):
+        read_plane(tmp_path / "huge.png")
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((100, 200, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((100, 200), np.uint8))
+    for name in ("a.jpg", "a.tif"):
+        with pytest.raises(ImageReadError, match="200 x 100"):
+            read_plane(tmp_path / name, max_megapixels=0.019)
+        assert read_plane(tmp_path / name, max_megapixels=0.021).shape[:2] == (100, 200)
+
+
+@pytest.mark.parametrize("name", ["bad.png", "bad.tif", "bad.jpg"])
+def test_corrupt_file_names_the_file(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError) as error:
+        read_plane(tmp_path / name)
+    assert name in str(error.value)
+
+
+def test_atomic_path_outputs_readable_by_others(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / "out.txt") as temporary:
+        temporary.write_text("x")
+    mode = (tmp_path / "out.txt").stat().st_mode
+    assert mode & stat.S_IRUSR and mode & stat.S_IRGRP
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

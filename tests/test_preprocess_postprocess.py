@@ -1,0 +1,70 @@
+"""Normalisation and the probabilities -> instances step every model shares."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from conftest import synthetic_nuclei
+
+from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+from edgeseg.preprocess import image_kind, normalize
+
+
+def test_normalize_is_bit_depth_invariant() -> None:
+    image, _ = synthetic_nuclei()
+    as16 = image.astype(np.uint16) * 257
+    asfloat = image.astype(np.float32) / 255.0
+    np.testing.assert_allclose(normalize(image), normalize(as16), atol=1e-5)
+    np.testing.assert_allclose(normalize(image), normalize(asfloat), atol=1e-5)
+
+
+def test_brightfield_is_inverted_so_nuclei_are_bright() -> None:
+    image, labels = synthetic_nuclei()
+    brightfield = 255 - image
+    assert image_kind(image) == "fluorescence"
+    assert image_kind(brightfield) == "brightfield"
+    normalized = normalize(brightfield)
+    assert normalized[labels > 0].mean() > normalized[labels == 0].mean() + 0.5
+
+
+def test_stained_rgb_is_detected_and_inverted() -> None:
+    image, labels = synthetic_nuclei()
+    rgb = np.stack([255 - image // 2, 255 - image, 255 - image // 3], axis=-1).astype(np.uint8)
+    rgba = np.dstack([rgb, np.full(image.shape, 255, np.uint8)])
+    assert image_kind(rgba) == "stained"
+    normalized = normalize(rgba)
+    assert normalized[labels > 0].mean() > normalized[labels == 0].mean() + 0.5
+
+
+def test_touching_nuclei_are_split_by_the_boundary_map() -> None:
+    labels = np.zeros((40, 60), np.uint16)
+    cv2.circle(labels, (20, 20), 10, 1, -1)
+    right = np.zeros_like(labels)
+    cv2.circle(right, (38, 20), 10, 1, -1)
+    labels[(right > 0) & (labels == 0)] = 2
+    foreground = (labels > 0).astype(np.float32)
+    boundary = np.zeros_like(foreground)
+    boundary[:, 28:31] = 1.0  # the contact line
+    result = instances_from_probabilities(foreground, boundary)
+    assert result.dtype == np.uint16
+    assert result.max() == 2
+    # Every pixel of the union is assigned, and each side goes to one instance.
+    assert ((result > 0) == (labels > 0)).all()
+    assert len(np.unique(result[labels == 1])) <= 2
+    assert np.unique(result[:, :25][labels[:, :25] > 0]).size == 1
+
+
+def test_small_objects_are_dropped_and_seedless_ones_kept() -> None:
+    foreground = np.zeros((30, 30), np.float32)
+    foreground[2:4, 2:4] = 1  # 4 px: below min_area
+    foreground[10:14, 10:14] = 1  # 16 px, fully covered by boundary: no seed
+    boundary = np.zeros_like(foreground)
+    boundary[10:14, 10:14] = 1
+    result = instances_from_probabilities(foreground, boundary, PostprocessSettings(min_area=8))
+    assert result.max() == 1
+    assert (result == 1).sum() == 16
+
+
+def test_empty_prediction() -> None:
+    zeros = np.zeros((16, 16), np.float32)
+    assert instances_from_probabilities(zeros, zeros).max() == 0

@@ -1,0 +1,307 @@
+"""`edgeseg segment` end to end with a tiny real ONNX model: formats, outputs, resume, safety."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from conftest import REPO_ROOT, synthetic_nuclei
+from tiny_models import threshold_model
+
+from edgeseg.cli import main
+from edgeseg.commands.segment import SAMPLES_DIR, segment
+from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS, read_image
+from edgeseg.measure import COLUMNS
+from edgeseg.segmenter import load_segmenter
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return threshold_model(tmp_path_factory.mktemp("model") / "threshold.onnx")
+
+
+@pytest.fixture(scope="module")
+def segmenter(model: Path):
+    return load_segmenter(model, threads=1)
+
+
+def _gray(seed: int) -> np.ndarray:
+    """A 96 x 96 uint8 fluorescence-like image with 8 nuclei."""
+    return synthetic_nuclei((96, 96), count=8, seed=seed)[0]
+
+
+def _rgba(seed: int) -> np.ndarray:
+    gray = _gray(seed)
+    return np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+
+
+def _run(model: Path, *args: str | os.PathLike):
+    result = CliRunner().invoke(main, ["segment", *map(str, args), "--model", str(model)])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _summary(output: Path) -> list[dict[str, str]]:
+    with open(output / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _stack(planes: int, nuclear: int) -> np.ndarray:
+    """uint16 planes of noise except plane ``nuclear``, which holds the nuclei."""
+    data = np.random.default_rng(1).integers(0, 30, (planes, 96, 96)).astype(np.uint16)
+    data[nuclear] = _gray(5).astype(np.uint16) * 200
+    return data
+
+
+# name -> (write the file, extra CLI options, the plane the segmenter should see)
+FORMATS = {
+    "gray8.png": (lambda p: cv2.imwrite(str(p), _gray(0)), [], lambda: _gray(0)),
+    "gray16.tif": (
+        lambda p: tifffile.imwrite(p, _gray(1).astype(np.uint16) * 257),
+        [],
+        lambda: _gray(1).astype(np.uint16) * 257,
+    ),
+    "rgba.png": (
+        lambda p: cv2.imwrite(str(p), cv2.cvtColor(_rgba(2), cv2.COLOR_RGBA2BGRA)),
+        [],
+        lambda: _rgba(2),
+    ),
+    "rgb.jpg": (
+        lambda p: cv2.imwrite(str(p), np.repeat(_gray(3)[..., None], 3, 2)),
+        [],
+        None,  # lossy: compared with the decoded file
+    ),
+    "channels.tif": (
+        lambda p: tifffile.imwrite(p, _stack(3, 2), imagej=True, metadata={"axes": "CYX"}),
+        ["--channel", "2"],
+        lambda: _stack(3, 2)[2],
+    ),
+    "pages.tif": (
+        lambda p: tifffile.imwrite(p, _stack(4, 1), imagej=True, metadata={"axes": "ZYX"}),
+        ["--page", "1"],
+        lambda: _stack(4, 1)[1],
+    ),
+    "bigendian.tif": (
+        lambda p: tifffile.imwrite(p, (_gray(4).astype(np.uint16) * 200).astype(">u2")),
+        [],
+        lambda: _gray(4).astype(np.uint16) * 200,
+    ),
+    "float32.tif": (
+        lambda p: tifffile.imwrite(p, _gray(6).astype(np.float32) / 255),
+        [],
+        lambda: _gray(6).astype(np.float32) / 255,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_formats_give_the_segmenters_labels(
+    tmp_path: Path, model: Path, segmenter, name: str
+) -> None:
+    write, options, plane = FORMATS[name]
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in" / name)
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out", *options)
+    assert result.exit_code == 0, result.output
+    stem = Path(name).stem
+    labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
+    expected_input = plane() if plane else read_image(tmp_path / "in" / name)
+    assert labels.dtype == np.uint16
+    assert labels.max() > 0
+    np.testing.assert_array_equal(labels, segmenter.segment(expected_input))
+    with open(tmp_path / "out" / f"{stem}_nuclei.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == labels.max()
+    (row,) = _summary(tmp_path / "out")
+    assert row["status"] == "ok" and int(row["nuclei"]) == labels.max()
+
+
+def test_png_labels_overlay_and_summary_screen(tmp_path: Path, model: Path, segmenter) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--format", "png", "--overlay")
+    assert result.exit_code == 0, result.output
+    labels = cv2.imread(str(tmp_path / "out" / "a_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels, segmenter.segment(_gray(0)))
+    overlay = cv2.imread(str(tmp_path / "out" / "a_overlay.png"))
+    assert overlay.shape == (96, 96, 3)
+    assert "1 segmented" in result.stdout and "images/s" in result.stdout
+
+
+def test_bad_files_fail_alone(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a_good.png"), _gray(0))
+    (tmp_path / "in" / "b_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    tifffile.imwrite(tmp_path / "in" / "c_stack.tif", _stack(3, 0), photometric="minisblack")
+    cv2.imwrite(str(tmp_path / "in" / "d_good.png"), _gray(1))
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = _run(model, tmp_path / "in", tmp_path / "notes.txt", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    rows = {row["output_stem"]: row for row in _summary(tmp_path / "out")}
+    assert [rows[s]["status"] for s in ("a_good", "d_good")] == ["ok", "ok"]
+    assert rows["b_corrupt"]["status"] == "failed"
+    assert "corrupt" in rows["b_corrupt"]["error"]
+    assert "--page N" in rows["c_stack"]["error"]
+    assert "unsupported file type" in rows["notes"]["error"]
+    failed_lines = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed_lines) == 3
+    assert any("b_corrupt.png" in line and "corrupt" in line for line in failed_lines)
+    assert (tmp_path / "out" / "a_good_labels.tif").is_file()
+
+
+def test_huge_image_refused(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "big.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--max-megapixels", "0.005")
+    assert result.exit_code == 1
+    assert "above the limit" in _summary(tmp_path / "out")[0]["error"]
+
+
+def test_resume_overwrite_and_foreign_results(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for index in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"i{index}.png"), _gray(index))
+    out = tmp_path / "out"
+    assert _run(model, tmp_path / "in", "-o", out).exit_code == 0
+    (out / "i1_labels.tif").unlink()  # as if the run died before writing it
+    (out / ".i2_labels.x1y2.part.tif").write_bytes(b"half")  # a stale temporary file
+    result = _run(model, tmp_path / "in", "-o", out)
+    assert result.exit_code == 0
+    assert "2 already done" in result.stderr
+    assert [row["status"] for row in _summary(out)] == ["skipped", "ok", "skipped"]
+    assert all(row["nuclei"] for row in _summary(out))
+    assert not list(out.glob(".*.part*"))
+    result = _run(model, tmp_path / "in", "-o", out, "--overwrite")
+    assert [row["status"] for row in _summary(out)] == ["ok"] * 3
+    other = threshold_model(tmp_path / "other" / "steeper.onnx", steepness=30.0)
+    result = _run(other, tmp_path / "in", "-o", out)
+    assert result.exit_code == 1
+    assert "other settings" in result.output and "--overwrite" in result.output
+    assert _run(other, tmp_path / "in", "-o", out, "--overwrite").exit_code == 0
+
+
+def test_same_stem_in_two_folders(tmp_path: Path, model: Path) -> None:
+    for folder, seed in (("plate1", 0), ("plate2", 1)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "A01.png"), _gray(seed))
+    result = _run(model, tmp_path / "plate1", tmp_path / "plate2", "-o", tmp_path / "out")
+    assert result.exit_code == 0
+    first = tifffile.imread(tmp_path / "out" / "plate1__A01_labels.tif")
+    second = tifffile.imread(tmp_path / "out" / "plate2__A01_labels.tif")
+    assert not np.array_equal(first, second)
+
+
+def test_output_inside_input_refused(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "in" / "results")
+    assert result.exit_code == 1
+    assert "never writes beside" in result.output
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]
+
+
+def test_tampered_model_refused(tmp_path: Path) -> None:
+    model = threshold_model(tmp_path / "model" / "m.onnx")
+    with open(model, "r+b") as handle:  # flip one byte after the manifest was written
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "sha256" in result.output and "refusing" in result.output
+    assert not (tmp_path / "out" / "a_labels.tif").exists()
+
+
+def test_no_network_during_a_full_run(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args, **kwargs):
+        raise AssertionError("edgeseg tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    result = _run(model, "--samples", "-o", tmp_path / "out", "--overlay")
+    assert result.exit_code == 0, result.output
+    rows = _summary(tmp_path / "out")
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
+
+
+def test_samples_are_small_and_cited() -> None:
+    images = sorted(SAMPLES_DIR.glob("*.png"))
+    assert len(images) == 4
+    assert sum(path.stat().st_size for path in images) < 1.5e6
+    readme = (SAMPLES_DIR / "README.md").read_text()
+    assert "BBBC038" in readme and "Caicedo" in readme
+    assert all(path.stem in readme for path in images)
+
+
+def test_help_teaches(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["segment", "--help"])
+    assert result.exit_code == 0
+    for text in ("_labels.tif", "_nuclei.csv", "summary.csv", "--overwrite", "Resume", "a__X"):
+        assert text in result.output
+    (limit,) = [param for param in segment.params if param.name == "max_megapixels"]
+    assert f"[default: {DEFAULT_MAX_MEGAPIXELS:g}]" in limit.help
+    assert CliRunner().invoke(main, ["segment", "-o", str(tmp_path)]).exit_code == 2
+
+
+SLOW_RUN = """
+import sys, time
+import edgeseg.segmenter as s
+segment = s.Segmenter.segment
+def slow(self, image):
+    time.sleep(0.25)
+    return segment(self, image)
+s.Segmenter.segment = slow
+from edgeseg.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_resume_after_kill(tmp_path: Path, model: Path) -> None:
+    """SIGKILL mid-run, then re-run: everything done once, nothing done twice or half-trusted."""
+    (tmp_path / "in").mkdir()
+    for index in range(8):
+        cv2.imwrite(str(tmp_path / "in" / f"i{index}.png"), _gray(index))
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "in"), "-o", str(out), "--model", str(model)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list((out / ".edgeseg-done").glob("*.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {path.stem for path in (out / ".edgeseg-done").glob("*.json")}
+    assert 1 <= len(done_before) < 8
+    result = _run(model, tmp_path / "in", "-o", out)
+    assert result.exit_code == 0
+    rows = _summary(out)
+    assert {row["output_stem"] for row in rows if row["status"] == "skipped"} == done_before
+    assert {row["output_stem"] for row in rows if row["status"] == "ok"} == (
+        {f"i{index}" for index in range(8)} - done_before
+    )
+    for index in range(8):
+        assert tifffile.imread(out / f"i{index}_labels.tif").max() > 0
+    assert not list(out.glob(".*.part*"))

@@ -1,0 +1,107 @@
+"""Training code on tiny models and synthetic data (never a real training run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_nuclei
+
+from edgeseg.data.dataset import Sample
+
+pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.tensorflow
+
+
+def test_targets_reconstruct_touching_instances() -> None:
+    from edgeseg.postprocess import instances_from_probabilities
+    from training.targets import make_targets
+
+    _, labels = synthetic_nuclei((96, 96), count=10, seed=4, touching=True)
+    targets = make_targets(labels).astype(np.float32)
+    result = instances_from_probabilities(targets[..., 0], targets[..., 1])
+    from edgeseg.metrics import score_image
+
+    assert score_image(labels, result)["ap50"] >= 0.75
+
+
+def test_crops_have_the_configured_shape_and_are_deterministic() -> None:
+    from training.augment import AugmentConfig, random_crop
+
+    image, labels = synthetic_nuclei((60, 90))
+    config = AugmentConfig(crop=64)
+    first = random_crop(image / 255.0, labels, config, np.random.default_rng([1, 2]))
+    second = random_crop(image / 255.0, labels, config, np.random.default_rng([1, 2]))
+    assert first[0].shape == (64, 64, 1) and first[1].shape == (64, 64, 2)
+    np.testing.assert_array_equal(first[0], second[0])
+    assert set(np.unique(first[1])) <= {0, 1}
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "unet", "resnet"])
+def test_models_are_fully_convolutional(name: str) -> None:
+    from training.models import SIZE_MULTIPLE, build_model
+
+    small = {
+        "simple_cnn": {"filters": 4, "dense_units": 4},
+        "unet": {"base_filters": 4},
+        "resnet": {"widths": (4, 8, 8, 8, 8), "decoder_filters": 4},
+    }[name]
+    model = build_model(name, **small)
+    for size in (32, 48):
+        side = size * max(1, SIZE_MULTIPLE[name] // 16)
+        output = model(np.zeros((1, side, side + 16, 1), np.float32))
+        assert tuple(output.shape) == (1, side, side + 16, 2)
+    assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
+
+
+def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
+    from training.augment import AugmentConfig
+    from training.config import TrainConfig
+    from training.train import train_on_samples
+
+    samples = [Sample(f"s{i}", *synthetic_nuclei((64, 64), seed=i)) for i in range(4)]
+    config = TrainConfig(
+        model="unet",
+        model_kwargs={"base_filters": 4, "depth": 2},
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=2,
+        augment=AugmentConfig(crop=32),
+    )
+    run = tmp_path / "run"
+    state = train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
+    assert state["epoch"] == 1
+    for name in ("config.json", "log.csv", "checkpoint.keras", "model.keras", "state.json"):
+        assert (run / name).is_file(), name
+    with pytest.raises(FileExistsError):
+        train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
+
+    config.epochs = 2  # resume continues from the stored config and epoch
+    stored = json.loads((run / "config.json").read_text())
+    stored["epochs"] = 2
+    (run / "config.json").write_text(json.dumps(stored))
+    state = train_on_samples(
+        TrainConfig.from_file(run / "config.json"),
+        samples[:3],
+        samples[3:],
+        run,
+        resume=True,
+        verbose=0,
+    )
+    assert state["epoch"] == 2
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert 0.0 <= float(rows[-1]["val_pixel_iou"]) <= 1.0
+
+
+def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
+    from training.config import TrainConfig
+    from training.train import learning_rate
+
+    config = TrainConfig(model="unet", epochs=10, warmup_epochs=1)
+    rates = [learning_rate(config, epoch) for epoch in range(10)]
+    assert rates[0] < rates[1] == pytest.approx(config.learning_rate)
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:], strict=False))
