@@ -74,8 +74,19 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     state = train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
     assert state["epoch"] == 1
-    for name in ("config.json", "log.csv", "checkpoint.keras", "model.keras", "state.json"):
+    for name in (
+        "config.json",
+        "log.csv",
+        "checkpoint.keras",
+        "model.keras",
+        "model.keras.json",
+        "state.json",
+    ):
         assert (run / name).is_file(), name
+    from edgeseg.segmenter import load_segmenter
+
+    labels = load_segmenter(run / "model.keras").segment(samples[3].image)
+    assert labels.shape == samples[3].image.shape and labels.dtype == np.uint16
     with pytest.raises(FileExistsError):
         train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
 

@@ -25,6 +25,7 @@ from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind, normalize
 from training.augment import random_crop
 from training.config import TrainConfig
+from training.manifest import write_model_manifest
 from training.split import load_split
 
 
@@ -165,7 +166,8 @@ def train_on_samples(
             state["wall_seconds"] += time.time() - self.started
             logs["seconds"] = state["wall_seconds"]
             state["epoch"] = epoch + 1
-            if score > state["best_score"]:
+            improved = score > state["best_score"]
+            if improved:
                 state.update(best_score=score, best_epoch=epoch + 1, best_metrics=metrics)
                 inference = keras.models.clone_model(self.model)
                 inference.set_weights(self.model.get_weights())
@@ -175,6 +177,8 @@ def train_on_samples(
                 f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
             )
             state_path.write_text(json.dumps(state, indent=2) + "\n")
+            if improved:
+                write_model_manifest(run_dir)
 
     dataset = _crop_dataset(config, images, labels, weights, state["epoch"])
     callbacks = [

@@ -1,0 +1,178 @@
+"""Find the (model, target) configurations to benchmark, and say which cannot run here.
+
+A configuration is one artifact beside its manifest (``<artifact>.json``). They are found in
+training run folders (``training/runs/<model>/`` and its ``export/``), in folders given with
+``--artifacts``, and among the built-in models (the default one). Whether one can run is
+decided here from cheap checks (is the runtime installed, is there a GPU) so that a missing
+TensorRT becomes a row with a reason, never a crash or a made-up number.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.backends import SUFFIXES
+from edgeseg.backends import artifact_format as _artifact_format
+from edgeseg.manifest import ManifestError, read_manifest
+
+#: Every export target of the project, in report order.
+TARGETS = (
+    "keras-fp32",
+    "tflite-fp32",
+    "tflite-fp16",
+    "tflite-int8",
+    "onnx-fp32",
+    "onnx-int8",
+    "trt-fp16",
+    "trt-int8",
+)
+_DEFAULT_TARGET = {"keras": "keras-fp32", "onnx": "onnx", "litert": "tflite", "tensorrt": "trt"}
+_ARTIFACT_SUFFIXES = {suffix for suffixes in SUFFIXES.values() for suffix in suffixes}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One artifact to benchmark; ``unavailable`` is the reason it cannot run here, or None."""
+
+    model: str
+    target: str
+    artifact: Path
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    backend: str | None = None
+    unavailable: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.target}"
+
+
+def _has_nvidia_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
+
+
+def _installed(*modules: str) -> bool:
+    return any(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def availability(artifact: Path, fmt: str, backend: str | None) -> str | None:
+    """Why this artifact cannot run on this machine, or None when it can (cheap checks only).
+
+    The worker still catches BackendUnavailable at load time, so a check missed here becomes
+    an unavailable row all the same.
+    """
+    if not artifact.is_file():
+        return f"the artifact file {artifact.name} is missing"
+    if fmt == "tensorrt":
+        if not _installed("tensorrt"):
+            return "TensorRT engine: the tensorrt Python module is not installed"
+        if not _has_nvidia_gpu():
+            return "TensorRT engine: no NVIDIA GPU"
+    if backend == "onnx-tensorrt":
+        import onnxruntime
+
+        if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
+            return (
+                "needs TensorRT and an NVIDIA GPU: this onnxruntime has no "
+                "TensorrtExecutionProvider (this .onnx is the TensorRT-ready export; build "
+                "its engine on a machine with TensorRT)"
+            )
+    if fmt == "keras" and not (_installed("keras") and _installed("tensorflow")):
+        return "TensorFlow/Keras is not installed (the train extra)"
+    if fmt == "litert" and not _installed("ai_edge_litert", "tflite_runtime"):
+        return "LiteRT is not installed (ai-edge-litert or tflite-runtime)"
+    return None
+
+
+def configuration(artifact: Path, model: str | None = None) -> Configuration:
+    """Describe one artifact: its model (run folder name, else manifest), target, runtime."""
+    manifest = read_manifest(artifact, verify=False)  # the worker's load_backend verifies
+    fmt = _artifact_format(artifact, manifest)
+    target = str(manifest.get("target") or _DEFAULT_TARGET[fmt])
+    if model is None:
+        name = str(manifest.get("model") or manifest.get("name") or artifact.stem)
+        model = name.removesuffix(f"-{target}")
+    # A TensorRT target exported as ONNX runs only through ONNX Runtime's TensorRT provider.
+    backend = "onnx-tensorrt" if target.startswith("trt") and fmt == "onnx" else None
+    return Configuration(
+        model, target, artifact, manifest, backend, availability(artifact, fmt, backend)
+    )
+
+
+def manifests_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """Artifacts described by a ``<artifact>.json`` in ``folder`` (config.json etc. skipped)."""
+    paths = folder.rglob("*.json") if recursive else folder.glob("*.json")
+    return sorted(
+        path.with_suffix("")
+        for path in paths
+        if Path(path.stem).suffix.lower() in _ARTIFACT_SUFFIXES
+    )
+
+
+def _run_artifacts(runs_dir: Path) -> Iterable[tuple[Path, str | None]]:
+    if not runs_dir.is_dir():
+        return
+    for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        for folder in (run, run / "export"):
+            if folder.is_dir():
+                yield from ((artifact, run.name) for artifact in manifests_in(folder))
+
+
+def _builtin_default() -> Iterable[tuple[Path, str | None]]:
+    from edgeseg.models import list_models
+
+    yield from ((model.artifact, None) for model in list_models() if model.is_default)
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """Accept ``--targets a,b`` as well as ``--targets a --targets b``."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def discover(
+    runs_dir: Path | None = Path("training/runs"),
+    artifact_paths: Sequence[Path] = (),
+    models: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    include_builtin: bool = True,
+) -> list[Configuration]:
+    """Every configuration found, filtered by ``models``/``targets``, one per artifact file.
+
+    ``artifact_paths`` (folders searched recursively, or artifact files) replace the scan of
+    ``runs_dir``. A target asked for by name but found for none of the models becomes an
+    unavailable row per model, so a missing export is visible in the report.
+    """
+    models, targets = _split(models), _split(targets)
+    if artifact_paths:
+        sources: list[tuple[Path, str | None]] = []
+        for path in map(Path, artifact_paths):
+            found = [path] if path.is_file() else manifests_in(path, recursive=True)
+            sources += [(artifact, None) for artifact in found]
+    else:
+        sources = list(_run_artifacts(runs_dir)) if runs_dir is not None else []
+    if include_builtin:
+        sources += list(_builtin_default())
+    found: dict[Path, Configuration] = {}
+    for artifact, model in sources:
+        try:
+            config = configuration(artifact, model)
+        except ManifestError as error:
+            config = Configuration(model or artifact.stem, "?", artifact, unavailable=str(error))
+        found.setdefault(artifact.resolve(), config)
+    configs = [
+        c
+        for c in found.values()
+        if (not models or c.model in models) and (not targets or c.target in targets)
+    ]
+    present = {(c.model, c.target) for c in configs}
+    for model in sorted({c.model for c in configs} | set(models)):
+        for target in targets:
+            if (model, target) not in present:
+                reason = f"no {target} artifact found for model {model}"
+                configs.append(Configuration(model, target, Path("-"), unavailable=reason))
+    order = {target: index for index, target in enumerate(TARGETS)}
+    return sorted(configs, key=lambda c: (c.model, order.get(c.target, len(order)), c.artifact))

@@ -1,0 +1,90 @@
+"""Write a run's MODEL_CARD.md from what the run folder proves: config, state, log and the
+evaluation JSONs written by `edgeseg eval` (never from numbers typed by hand).
+
+    python -m training.card training/runs/unet
+reads ``eval_test.json`` (stage1_test) and, when present, ``eval_train.json`` beside the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from training.config import TrainConfig
+
+METRICS = (
+    ("pixel_accuracy", "pixel accuracy"),
+    ("pixel_iou", "foreground pixel IoU (survey's mIoU)"),
+    ("mean_iou_2class", "two-class mean IoU (Keras MeanIoU)"),
+    ("dsb_score", "DSB score (mean AP over IoU 0.50-0.95)"),
+    ("ap50", "AP50"),
+    ("f1_50", "F1@0.5"),
+    ("count_abs_error", "mean absolute nucleus count error"),
+)
+
+
+def _percent(value: float | None, key: str) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.2f}" if key == "count_abs_error" else f"{100 * value:.2f} %"
+
+
+def render_card(run_dir: Path) -> str:
+    import keras
+
+    from training.complexity import conv_flops
+    from training.manifest import TILE_SIZE
+
+    config = TrainConfig.from_file(run_dir / "config.json")
+    state = json.loads((run_dir / "state.json").read_text())
+    rows = list(csv.DictReader((run_dir / "log.csv").open()))
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    evaluations = {}
+    for split in ("train", "validation", "test"):
+        path = run_dir / f"eval_{split}.json"
+        if path.is_file():
+            evaluations[split] = json.loads(path.read_text())["aggregate"]
+    validation = evaluations.get("validation", state.get("best_metrics", {}))
+    lines = [
+        f"# Model card: {config.model}",
+        "",
+        f"- Architecture: `{config.model}` {json.dumps(config.model_kwargs)}; input one "
+        "normalised gray channel (edgeseg.preprocess), output [foreground, boundary].",
+        f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
+        f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
+        f"- Data: DSB2018 `{config.data_copy}`, training ids of the fixed split "
+        "(training/splits/dsb2018_stage1.json); validation: its 67 ids of `stage1_train`; "
+        "test: the 65 `stage1_test` images, used only for the numbers below.",
+        f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
+        f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
+        f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
+        f"float32; best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU "
+        "and DSB score).",
+        f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
+        "(CPU only, shared with other work during the run).",
+        f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
+        "",
+    ]
+    splits = [s for s in ("train", "validation", "test") if s in evaluations or s == "validation"]
+    lines.append("| metric | " + " | ".join(splits) + " |")
+    lines.append("|---|" + "---|" * len(splits))
+    for key, title in METRICS:
+        values = [
+            _percent((validation if s == "validation" else evaluations[s]).get(key), key)
+            for s in splits
+        ]
+        lines.append(f"| {title} | " + " | ".join(values) + " |")
+    lines += [
+        "",
+        "Numbers are per-image means (edgeseg.metrics). Test numbers come from "
+        "`edgeseg segment` + `edgeseg eval` with this model (commands in training/README.md).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    run = Path(sys.argv[1])
+    (run / "MODEL_CARD.md").write_text(render_card(run))
+    print(f"wrote {run / 'MODEL_CARD.md'}")

@@ -1,0 +1,46 @@
+"""The manifest of a trained Keras model, so the runtime can run (and verify) it like any
+exported artifact: `edgeseg segment --model training/runs/unet/model.keras`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeseg.manifest import write_manifest
+from edgeseg.postprocess import PostprocessSettings
+from training.config import TrainConfig
+
+TILE_SIZE = 256
+TILE_OVERLAP = 32
+
+
+def write_model_manifest(run_dir: Path) -> Path:
+    """Write ``model.keras.json`` for the best model of the run in ``run_dir``."""
+    import keras
+
+    from training.complexity import conv_flops
+    from training.models import SIZE_MULTIPLE
+
+    config = TrainConfig.from_file(run_dir / "config.json")
+    state = json.loads((run_dir / "state.json").read_text())
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    return write_manifest(
+        run_dir / "model.keras",
+        name=f"{config.model}-keras-fp32",
+        model=config.model,
+        backend="keras",
+        target="keras-fp32",
+        input={"name": "image", "shape": [None, None, None, 1], "dtype": "float32"},
+        output={"name": "probabilities", "shape": [None, None, None, 2], "dtype": "float32"},
+        tile={"size": TILE_SIZE, "overlap": TILE_OVERLAP, "multiple": SIZE_MULTIPLE[config.model]},
+        preprocess={"name": "percentile-gray", "version": 1},
+        postprocess=PostprocessSettings().to_dict(),
+        params=model.count_params(),
+        flops_per_tile=conv_flops(model, TILE_SIZE),
+        flops_tile=TILE_SIZE,
+        training={
+            "data_copy": config.data_copy,
+            "best_epoch": state["best_epoch"],
+            "validation": state.get("best_metrics", {}),
+        },
+    )
