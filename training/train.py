@@ -121,9 +121,12 @@ def train_on_samples(
     _configure_tensorflow(config.threads)
     import keras
 
+    from edgeseg.backends.keras import KerasBackend
+    from edgeseg.segmenter import Segmenter
+    from edgeseg.tiling import TileSettings
     from training.losses import SegmentationLoss
+    from training.manifest import TILE_OVERLAP, TILE_SIZE
     from training.models import SIZE_MULTIPLE, build_model
-    from training.predict import predict_labels
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint_path = run_dir / "state.json", run_dir / "checkpoint.keras"
@@ -145,7 +148,7 @@ def train_on_samples(
     images = [normalize(s.image) for s in train_samples]
     labels = [s.labels for s in train_samples]
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
-    multiple = SIZE_MULTIPLE[config.model]
+    tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
 
     class EpochEnd(keras.callbacks.Callback):
         """Validate on whole images, keep the best model, checkpoint for resume."""
@@ -154,9 +157,10 @@ def train_on_samples(
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
+            segmenter = Segmenter(KerasBackend.from_model(self.model), {}, tiles=tiles)
             per_image = {
-                s.id: score_image(s.labels, predict_labels(self.model, s.image, multiple))
-                for s in validation
+                sample.id: score_image(sample.labels, segmenter.segment(sample.image))
+                for sample in validation
             }
             metrics = aggregate(per_image)
             for key in ("pixel_iou", "mean_iou_2class", "dsb_score", "ap50", "f1_50"):

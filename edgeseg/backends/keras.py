@@ -36,8 +36,18 @@ class KerasBackend(Backend):
                     "TensorFlow is already initialised: threads setting ignored", stacklevel=2
                 )
         # Keras loads from a path only; load_backend verified this file's sha256 just before.
-        self._model = keras.saving.load_model(path, compile=False)
-        batch, height, width = self._model.input_shape[:3]
+        self._adopt(keras.saving.load_model(path, compile=False))
+
+    @classmethod
+    def from_model(cls, model: Any) -> KerasBackend:
+        """Wrap a live in-memory model, so training validates through the runtime pipeline."""
+        backend = cls.__new__(cls)
+        backend._adopt(model)
+        return backend
+
+    def _adopt(self, model: Any) -> None:
+        self._model = model
+        batch, height, width = model.input_shape[:3]
         self.fixed_batch = batch
         self.input_size = (height, width) if height and width else None
 
