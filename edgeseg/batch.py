@@ -114,7 +114,7 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     """
     found: dict[Path, Path] = {}  # resolved -> as the user will recognise it
     for item in inputs:
-        candidates = _walk(item) if item.is_dir() else [item]
+        candidates = walk_images(item) if item.is_dir() else [item]
         for path in candidates:
             found.setdefault(path.resolve(), path)
     if not found:
@@ -127,7 +127,8 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     return [ImageJob(i, sources[i], stems[i]) for i in range(len(sources))]
 
 
-def _walk(folder: Path) -> Iterable[Path]:
+def walk_images(folder: Path) -> Iterable[Path]:
+    """Image files below ``folder`` in a stable order, hidden files and folders skipped."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -206,7 +207,7 @@ def plan_batch(
     fingerprint = settings.fingerprint(manifest)
     todo, skipped, clashes = [], [], []
     for job in jobs:
-        marker = _read_marker(settings.marker(job.stem))
+        marker = read_marker(settings.marker(job.stem))
         if marker is None:
             todo.append(job)
         elif marker.get("source") != str(job.source.resolve()) or (
@@ -229,7 +230,8 @@ def plan_batch(
     return BatchPlan(todo, skipped)
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """A done-marker's record, or None when it is absent or unreadable."""
     try:
         marker = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -305,10 +307,14 @@ def run_batch(
     plan: BatchPlan,
     settings: BatchSettings,
     on_result: Callable[[ImageResult], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[ImageResult]:
     """Segment ``plan.todo``; return every result (skipped first) and write summary.csv.
 
     ``on_result`` is called from the writer thread once per finished image (progress bars).
+    Setting ``cancel`` stops early and cleanly (edgeseg watch on SIGTERM): the image in
+    inference and those waiting to be written are finished, the rest are left out of the
+    results, undone, for the next run.
     summary.csv is rewritten atomically every few seconds and at the end, also when the run
     is interrupted.
     """
@@ -323,6 +329,8 @@ def run_batch(
     def read_all() -> None:
         try:
             for job in plan.todo:
+                if cancel is not None and cancel.is_set():
+                    return
                 if not _put(decoded, _read(job, settings), lambda: not stop.is_set()):
                     return
         finally:
@@ -344,6 +352,8 @@ def run_batch(
     writer.start()
     try:
         while (work := decoded.get()) is not _END:
+            if cancel is not None and cancel.is_set():
+                continue  # decoded but not segmented: left for the next run
             if work.image is not None:
                 started = time.perf_counter()
                 try:

@@ -28,7 +28,15 @@ class AugmentConfig:
 def random_crop(
     image: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (crop, crop, 1) input and (crop, crop, 2) target."""
+    """One augmented (crop, crop, 1) input and (crop, crop, 2) [foreground, boundary] target."""
+    image, labels = augmented_crop(image, labels, config, rng)
+    return image, make_targets(labels)
+
+
+def augmented_crop(
+    image: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented float32 (crop, crop, 1) input and its (crop, crop) instance labels."""
     scale = float(np.exp(rng.uniform(*np.log(config.scale_range))))
     source = max(8, int(round(config.crop / scale)))
     pad_y, pad_x = max(0, source - image.shape[0]), max(0, source - image.shape[1])
@@ -49,7 +57,7 @@ def random_crop(
     if rng.random() < 0.5:
         image, labels = image[:, ::-1], labels[:, ::-1]
     image = _intensity(np.ascontiguousarray(image), config, rng)
-    return image[..., None], make_targets(np.ascontiguousarray(labels))
+    return image[..., None], np.ascontiguousarray(labels)
 
 
 def _intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -6,22 +6,12 @@ from pathlib import Path
 
 import click
 
+from edgeseg.commands.options import data_root_option, split_option
+
 
 @click.command("bench")
-@click.option(
-    "--data",
-    "data_root",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="DSB2018 folder (holding stage1_test, ...) or one dataset folder in either layout.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train", "train_fixed"]),
-    default="test",
-    show_default=True,
-    help="Which stage1_* folder of --data to run; ignored for a dataset folder.",
-)
+@data_root_option
+@split_option
 @click.option(
     "--models", multiple=True, help="Only these models (repeat or comma-separate) [default: all]."
 )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgeseg.commands.options import data_root_option, split_option
+
 SUMMARY_ROWS = (
     ("dsb_score", "DSB score (mean AP, IoU 0.50-0.95)"),
     ("ap50", "AP@0.5 TP/(TP+FP+FN)"),
@@ -32,20 +34,8 @@ def summary_lines(result: dict) -> list[str]:
 
 @click.command("eval")
 @click.argument("pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--data",
-    "data_root",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="DSB2018 folder (holding stage1_test, ...) or one dataset folder in either layout.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train", "train_fixed"]),
-    default="test",
-    show_default=True,
-    help="Which stage1_* folder of --data to score against; ignored for a dataset folder.",
-)
+@data_root_option
+@split_option
 @click.option(
     "--json",
     "json_path",

@@ -1,0 +1,23 @@
+"""Click options shared by several commands, so they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+data_root_option = click.option(
+    "--data",
+    "data_root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="DSB2018 folder (holding stage1_test, ...) or one dataset folder in either layout.",
+)
+
+split_option = click.option(
+    "--split",
+    type=click.Choice(["test", "train", "train_fixed"]),
+    default="test",
+    show_default=True,
+    help="Which stage1_* folder of --data to use; ignored for a dataset folder.",
+)

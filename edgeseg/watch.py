@@ -1,0 +1,225 @@
+"""The watch-folder service behind `edgeseg watch`: images are segmented as they arrive.
+
+Built on edgeseg.batch, so outputs, done-markers, resume and failure isolation are exactly
+those of `edgeseg segment`. What watching adds:
+
+* a file is taken only once complete: its size and mtime unchanged for ``settle`` seconds
+  (a copy from the microscope PC may stall) and it decodes. One that stays undecodable is
+  reported failed after ``patience`` more seconds; a failed file is retried when it changes;
+* an output name never changes once given, so names are assigned as files arrive (the
+  file's stem, or its path below the folder joined by "__" when that stem is taken) and are
+  recovered from the done-markers after a restart;
+* summary.csv lists every image whose results in OUT were made with these settings, also
+  images since moved out of the folder: a restart must not drop rows;
+* setting ``stop`` ends it cleanly: the image in progress is finished, nothing is
+  half-written, and the next start picks up the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseg.batch import (
+    DONE_DIR,
+    SUMMARY_NAME,
+    BatchError,
+    BatchPlan,
+    BatchSettings,
+    ImageJob,
+    ImageResult,
+    check_output_folder,
+    plan_batch,
+    read_marker,
+    run_batch,
+    walk_images,
+    write_summary,
+)
+from edgeseg.imageio import read_plane
+
+PATIENCE_S = 60.0  # how long a complete-looking file may stay undecodable before it fails
+
+Signature = tuple[int, int]  # (size, mtime_ns)
+
+
+@dataclass
+class _Tracked:
+    """A file seen in the folder and not done yet."""
+
+    job: ImageJob
+    signature: Signature
+    since: float  # time.monotonic() when this signature was first seen
+    failed: bool = False  # failed with this signature: retried only once the file changes
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        stat = path.stat()
+    except OSError:  # removed or renamed since the folder was listed
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+class FolderWatcher:
+    """What one watched folder holds: images done, images settling, images that failed.
+
+    Raises BatchError, like `edgeseg segment`, when OUT is inside the folder or holds
+    results for these images made with another model, page or channel.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        segmenter: Any,
+        settings: BatchSettings,
+        settle: float,
+        patience: float = PATIENCE_S,
+    ) -> None:
+        check_output_folder(settings.output, [folder])
+        self.folder = folder
+        self.segmenter = segmenter
+        self.settings = settings
+        self.settle = settle
+        self.patience = patience
+        self._jobs: dict[Path, ImageJob] = {}  # resolved source -> its job, stem fixed for good
+        self._stems: dict[Path, str] = {}  # resolved source -> stem, from the done-markers
+        self._taken: set[str] = set()  # casefolded stems in use
+        self._results: dict[int, ImageResult] = {}  # job index -> latest result
+        self._done: set[Path] = set()  # resolved sources with complete results
+        self._tracked: dict[Path, _Tracked] = {}
+        self._resume()
+
+    @property
+    def results(self) -> list[ImageResult]:
+        return [self._results[index] for index in sorted(self._results)]
+
+    def waiting(self) -> bool:
+        """Whether some file is still settling (being copied, or not yet decodable)."""
+        return any(not tracked.failed for tracked in self._tracked.values())
+
+    def _resume(self) -> None:
+        """Take names and finished results from OUT's done-markers; refuse foreign results."""
+        for marker in sorted((self.settings.output / DONE_DIR).glob("*.json")):
+            record = read_marker(marker)
+            if record is not None and isinstance(record.get("source"), str):
+                self._stems[Path(record["source"])] = marker.stem
+                self._taken.add(marker.stem.casefold())
+        present = [self._job(path) for path in walk_images(self.folder)]
+        resolved = {job.source.resolve() for job in present}
+        for source in sorted(self._stems.keys() - resolved):  # images no longer here
+            try:
+                plan = plan_batch([self._job(source)], self.settings, self.segmenter.manifest)
+            except BatchError:
+                continue  # made with other settings and not ours to judge: left alone
+            self._record(plan.skipped)
+        plan = plan_batch(present, self.settings, self.segmenter.manifest)
+        self._record(plan.skipped)
+        now = time.monotonic()
+        for job in plan.todo:
+            signature = _signature(job.source)
+            if signature is not None:
+                self._tracked[job.source.resolve()] = _Tracked(job, signature, now)
+        write_summary(self.settings.output / SUMMARY_NAME, self.results)
+
+    def _job(self, path: Path) -> ImageJob:
+        resolved = path.resolve()
+        if resolved not in self._jobs:
+            stem = self._stems.get(resolved) or self._free_stem(path)
+            self._taken.add(stem.casefold())
+            self._jobs[resolved] = ImageJob(len(self._jobs), path, stem)
+        return self._jobs[resolved]
+
+    def _free_stem(self, path: Path) -> str:
+        """The file's stem, else its path below the folder ("plate2__A01"), else numbered."""
+        by_path = "__".join(path.relative_to(self.folder).with_suffix("").parts)
+        by_suffix = f"{by_path}_{path.suffix.lstrip('.').lower()}"
+        for candidate in (path.stem, by_path, by_suffix):
+            if candidate.casefold() not in self._taken:
+                return candidate
+        number = 2
+        while f"{by_suffix}_{number}".casefold() in self._taken:
+            number += 1
+        return f"{by_suffix}_{number}"
+
+    def _record(self, results: list[ImageResult]) -> None:
+        for result in results:
+            self._results[result.job.index] = result
+            resolved = result.job.source.resolve()
+            if result.status == "failed":
+                if resolved in self._tracked:
+                    self._tracked[resolved].failed = True
+            else:
+                self._done.add(resolved)
+                self._tracked.pop(resolved, None)
+
+    def poll(self) -> list[ImageJob]:
+        """List the folder once; return the jobs whose files are complete now."""
+        now = time.monotonic()
+        ready, present = [], set()
+        for path in walk_images(self.folder):
+            resolved = path.resolve()
+            signature = None if resolved in self._done else _signature(path)
+            if signature is None:
+                continue
+            present.add(resolved)
+            tracked = self._tracked.get(resolved)
+            if tracked is None:
+                self._tracked[resolved] = _Tracked(self._job(path), signature, now)
+            elif signature != tracked.signature:
+                tracked.signature, tracked.since, tracked.failed = signature, now, False
+            elif not tracked.failed and self._complete(path, now - tracked.since):
+                ready.append(tracked.job)
+        for resolved in self._tracked.keys() - present:
+            del self._tracked[resolved]  # removed before it was done
+        return ready
+
+    def _complete(self, path: Path, unchanged_for: float) -> bool:
+        """Settled and decodable, or settled so long that it is time to report it failed."""
+        if unchanged_for < self.settle:
+            return False
+        if unchanged_for >= self.settle + self.patience:
+            return True
+        settings = self.settings
+        try:
+            read_plane(path, settings.page, settings.channel, settings.max_megapixels)
+        except Exception:  # truncated, still being written, or bad: not taken yet
+            return False
+        return True
+
+    def process(
+        self,
+        jobs: list[ImageJob],
+        cancel: threading.Event | None = None,
+        on_result: Callable[[ImageResult], None] | None = None,
+    ) -> None:
+        """Segment ``jobs`` with the batch runner; summary.csv keeps every earlier row."""
+        indices = {job.index for job in jobs}
+        earlier = [result for index, result in self._results.items() if index not in indices]
+        plan = BatchPlan(list(jobs), earlier)  # earlier rows ride along to stay in summary.csv
+        results = run_batch(self.segmenter, plan, self.settings, on_result, cancel)
+        self._record(results[len(earlier) :])
+
+
+def watch_folder(
+    watcher: FolderWatcher,
+    *,
+    interval: float,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    on_result: Callable[[ImageResult], None] | None = None,
+) -> list[ImageResult]:
+    """Segment images as they arrive until ``stop`` is set (or, with ``once``, until every
+    file in the folder is done or failed); return the results, oldest first."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        ready = watcher.poll()
+        if ready:
+            watcher.process(ready, stop, on_result)
+        elif once and not watcher.waiting():
+            break
+        stop.wait(interval)
+    return watcher.results
