@@ -9,10 +9,13 @@ from __future__ import annotations
 import click
 
 from edgeseg import __version__
+from edgeseg.commands.bench import bench
 from edgeseg.commands.data import data
 from edgeseg.commands.evaluate import evaluate
+from edgeseg.commands.export import export
 from edgeseg.commands.segment import segment
 from edgeseg.commands.train import train
+from edgeseg.commands.watch import watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,3 +32,6 @@ main.add_command(data)
 main.add_command(evaluate, name="eval")
 main.add_command(train)
 main.add_command(segment)
+main.add_command(export)
+main.add_command(bench)
+main.add_command(watch)

@@ -2,7 +2,7 @@
 
 ONNX Runtime does not report the scale and zero-point of an integer (quantized) model input
 or output, so those come from the manifest's ``input.quantization`` / ``output.quantization``
-(``{"scale": float, "zero_point": int}``).
+(``{"scale": float, "zero_point": int}``). A manifest may ask for ``graph_optimization: basic``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,14 @@ class OnnxBackend(Backend):
                 "(install onnxruntime-gpu and the CUDA libraries, or use --backend onnx)"
             )
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # "basic" keeps Q/DQ nodes unfused: a quantized graph then runs as the exact float
+        # simulation of its quantization, as TensorRT computes it; ONNX Runtime's fused x86
+        # int8 kernels can saturate on symmetric (TensorRT-style) int8 graphs.
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            if manifest.get("graph_optimization") == "basic"
+            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         if threads:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(model, sess_options=options, providers=providers)

@@ -1,0 +1,229 @@
+"""`edgeseg export`: convert a trained model for edge runtimes and verify every artifact
+(needs the `export` extra; the TensorRT engine step also needs TensorRT and a GPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_ENGINE_NOT_BUILT = 3
+EXIT_REJECTED = 4
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="NAME_OR_PATH",
+    help="A .keras model, a training run name (training/runs/NAME/model.keras), or the "
+    "TensorRT-ready .onnx of an earlier trt-* export (to build its engine here).",
+)
+@click.option(
+    "--target",
+    required=True,
+    metavar="TARGET",
+    help="tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, trt-fp16, trt-int8, or "
+    "all (every target this machine can produce).",
+)
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="DSB2018 folder holding stage1_train: calibration crops come from its training ids, "
+    "verification uses its validation ids. Without it int8 targets are refused and "
+    "verification is skipped.",
+)
+@click.option(
+    "--calib-images",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="INT8 calibration crops (one tile each, from distinct training images).",
+)
+@click.option(
+    "--verify-images",
+    type=click.IntRange(min=1),
+    help="Verify on only the first N validation images [default: all].",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Reject an artifact whose pixel IoU or DSB score is this many points below the source's.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder [default: <run>/export/ for a .keras, beside a TensorRT-ready .onnx].",
+)
+@click.option(
+    "--tile",
+    type=click.IntRange(min=16),
+    default=256,
+    show_default=True,
+    help="The fixed tile size the artifacts take; the runtime tiles larger images.",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Overlap of neighbouring tiles at run time (written to the manifest).",
+)
+@click.option(
+    "--split",
+    "split_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Train/validation id split JSON [default: the fixed DSB2018 split of training/].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Decode cache for --data [default: $EDGESEG_CACHE or ~/.cache/edgeseg].",
+)
+def export(
+    model: str,
+    target: str,
+    data_root: Path | None,
+    calib_images: int,
+    verify_images: int | None,
+    max_drop: float,
+    out_dir: Path | None,
+    tile: int,
+    overlap: int,
+    split_file: Path | None,
+    cache_dir: Path | None,
+) -> None:
+    """Export MODEL to TARGET, then check each artifact against the model it came from.
+
+    Writes <model>-<target>.<tflite|onnx|engine> plus its .json manifest (source and its
+    sha256, tensors, quantization, calibration ids and hash, tool versions, verification).
+    Every artifact is run through the edgeseg runtime on the validation images next to the
+    Keras model, with the same tiles and post-processing; a drop of more than --max-drop
+    points in pixel IoU or DSB score rejects it (the file is kept, its manifest says
+    "rejected"). trt-* targets write a TensorRT-ready ONNX and, where TensorRT and a CUDA GPU
+    exist, build and verify the engine.
+
+    Exit status: 0 done; 1 error; 3 TensorRT engine not built here (the ONNX to build it from
+    was written; the command to run on the target GPU is printed); 4 an artifact was rejected.
+
+    Example: edgeseg export --model unet --target onnx-int8 --data /data/dsb2018
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeseg.data.dataset import DatasetError
+    from edgeseg.manifest import ManifestError
+    from export.pipeline import (
+        Exporter,
+        ExportError,
+        ExportSettings,
+        default_out_dir,
+        resolve_source,
+    )
+    from export.targets import missing_modules, resolve_targets
+    from export.tensorrt import engine_unavailable
+
+    try:
+        targets = resolve_targets(target, engine_buildable=engine_unavailable() is None)
+    except KeyError as error:
+        raise click.BadParameter(error.args[0], param_hint="--target") from error
+    try:
+        source = resolve_source(model)
+        from_keras = source.suffix.lower() == ".keras"
+        missing = (
+            missing_modules(tuple({m for t in targets for m in t.needs})) if from_keras else []
+        )
+        if missing:
+            raise click.ClickException(
+                f"exporting a Keras model needs {', '.join(sorted(missing))}, not installed "
+                "here: pip install 'edgeseg[export]'"
+            )
+        if from_keras and data_root is None and any(t.quantized for t in targets):
+            raise click.ClickException(
+                "int8 targets are calibrated on real training images: pass --data DIR "
+                "(the DSB2018 folder holding stage1_train)"
+            )
+        samples: dict[str, Any] = {}
+        if data_root is not None:
+            samples = _split_samples(data_root, split_file, cache_dir, verify_images)
+        exporter = Exporter(
+            source,
+            out_dir or default_out_dir(source),
+            ExportSettings(tile, overlap, calib_images, max_drop),
+            **samples,
+        )
+        if data_root is None:
+            click.echo(
+                "no --data: verification SKIPPED; manifests say verification "
+                '"skipped" and the runtime still loads the artifacts (only their hash is '
+                "checked), so verify before deploying"
+            )
+        outcomes = []
+        for each in targets:
+            outcome = exporter.export(each)
+            outcomes.append(outcome)
+            for artifact in outcome.artifacts:
+                click.echo(f"{each.name}: {_summary(artifact.path, artifact.verification)}")
+            if outcome.engine_missing:
+                written = f"wrote {outcome.artifacts[0].path}; " if outcome.artifacts else ""
+                click.echo(
+                    f"{each.name}: {written}TensorRT engine NOT built ({outcome.engine_missing});"
+                    f" build it on the target GPU with: {outcome.engine_command}"
+                )
+    except (ExportError, DatasetError, ManifestError) as error:
+        raise click.ClickException(str(error)) from error
+    if any(outcome.rejected for outcome in outcomes):
+        raise SystemExit(EXIT_REJECTED)
+    if any(outcome.engine_missing for outcome in outcomes):
+        raise SystemExit(EXIT_ENGINE_NOT_BUILT)
+
+
+def _split_samples(
+    data_root: Path, split_file: Path | None, cache_dir: Path | None, verify_images: int | None
+) -> dict[str, Any]:
+    """Training ids of DATA/stage1_train for calibration, validation ids for verification."""
+    from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+    from training.split import SPLIT_FILE, load_split
+
+    folder = data_root / "stage1_train"
+    if not folder.is_dir():
+        raise click.ClickException(f"{data_root}: no stage1_train folder (--data is DSB2018's)")
+    split = load_split(split_file or SPLIT_FILE)
+    by_id = {s.id: s for s in load_dataset(folder, cache_dir or DEFAULT_CACHE_DIR)}
+    unknown = sorted((set(split["train"]) | set(split["validation"])) - set(by_id))
+    if unknown:
+        raise click.ClickException(f"{folder}: split ids not in the dataset: {unknown[:3]}")
+    validation = [by_id[i] for i in split["validation"]][:verify_images]
+    return {
+        "calibration_samples": [by_id[i] for i in split["train"]],
+        "calibration_label": f"{folder} training split",
+        "validation_samples": validation,
+        "validation_label": f"{folder} validation split, first {len(validation)} images",
+    }
+
+
+def _summary(path: Path, verification: dict[str, Any]) -> str:
+    """One line: the file, its size and the gate's numbers."""
+    head = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); verification "
+    if verification["status"] == "skipped":
+        return head + "SKIPPED (no --data)"
+    change = verification["change_points"]
+    numbers = ", ".join(
+        f"{label} {100 * verification['artifact'][key]:.2f}% ({change[key]:+.2f})"
+        for key, label in (("pixel_iou", "pixel IoU"), ("dsb_score", "DSB"), ("ap50", "AP50"))
+    )
+    line = (
+        f"{verification['status'].upper()} on {verification['images']} images: mask agreement "
+        f"{100 * verification['mask_agreement']:.2f}%, {numbers}"
+    )
+    if verification["status"] == "rejected":
+        line += (
+            f"; {' and '.join(verification['failed'])} fell more than "
+            f"{verification['max_drop_points']} points: file kept, manifest marked rejected"
+        )
+    return head + line

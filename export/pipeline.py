@@ -1,0 +1,326 @@
+"""Export one model to a target end to end: convert, describe, record, verify.
+
+Each artifact gets its manifest (edgeseg.manifest) before it is verified, so the gate loads
+it exactly as a user will, through edgeseg.segmenter; the manifest is then rewritten with the
+verdict. A rejected artifact is kept for inspection but marked "rejected".
+
+Sources: a Keras ``.keras`` model (every target), or the TensorRT-ready ``.onnx`` of an
+earlier trt-* export, from which only its engine is built (on the GPU machine that runs it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from edgeseg import __version__
+from edgeseg.data.dataset import Sample
+from edgeseg.imageio import atomic_path
+from edgeseg.manifest import file_sha256, read_manifest, write_manifest
+from edgeseg.postprocess import PostprocessSettings
+from edgeseg.segmenter import load_segmenter
+from edgeseg.tiling import TileSettings
+from export.calibration import Calibration, calibration_tiles
+from export.targets import TARGETS, Target
+from export.verify import Reference, skipped, source_segmenter, verify
+
+PREPROCESS = {"name": "percentile-gray", "version": 1, "function": "edgeseg.preprocess.normalize"}
+TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert", "tensorrt")
+#: Where `edgeseg train --out training/runs/NAME` puts runs, from the repository root.
+RUNS_DIR = Path("training") / "runs"
+#: Manifest sections an engine inherits from the TensorRT-ready ONNX it is built from.
+INHERITED = (
+    "name", "model", "target", "precision", "input", "output", "tile", "preprocess",
+    "postprocess", "quantization", "calibration",
+)  # fmt: skip
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    tile: int = 256
+    overlap: int = 32
+    calib_images: int = 64
+    max_drop: float = 1.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def verification(self) -> dict[str, Any]:
+        return self.manifest["verification"]
+
+
+@dataclass
+class Outcome:
+    target: Target
+    artifacts: list[Artifact] = field(default_factory=list)
+    #: Set when a TensorRT engine could not be built here: why, and the command to build it.
+    engine_missing: str | None = None
+    engine_command: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return any(a.verification["status"] == "rejected" for a in self.artifacts)
+
+
+def resolve_source(name_or_path: str | Path) -> Path:
+    """A model file, or the name of a training run (``training/runs/NAME/model.keras``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    run = RUNS_DIR / str(name_or_path) / "model.keras"
+    if run.is_file():
+        return run
+    raise ExportError(f"{name_or_path}: no such model file, and no training run at {run}")
+
+
+def default_out_dir(source: Path) -> Path:
+    """``<run>/export/`` for a Keras model; beside it for a TensorRT-ready ONNX."""
+    return source.parent / "export" if source.suffix.lower() == ".keras" else source.parent
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the conversion and runtime libraries this process actually used."""
+    loaded = {name: sys.modules[name] for name in TOOLS if name in sys.modules}
+    return {"edgeseg": __version__} | {
+        name: str(getattr(module, "__version__", "unknown")) for name, module in loaded.items()
+    }
+
+
+class Exporter:
+    """Exports one source model; calibration crops and reference predictions are computed
+    once and shared by all its targets."""
+
+    def __init__(
+        self,
+        source: Path,
+        out_dir: Path,
+        settings: ExportSettings = ExportSettings(),
+        *,
+        calibration_samples: Sequence[Sample] | None = None,
+        calibration_label: str = "given samples",
+        validation_samples: Sequence[Sample] | None = None,
+        validation_label: str = "given samples",
+    ) -> None:
+        calibration_ids = {sample.id for sample in calibration_samples or ()}
+        shared = calibration_ids & {sample.id for sample in validation_samples or ()}
+        if shared:
+            raise ExportError(
+                f"calibration and validation images overlap ({sorted(shared)[:3]}): "
+                "calibrate on training images only"
+            )
+        self.source = Path(source)
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+        self._calibration_samples = calibration_samples
+        self._calibration_label = calibration_label
+        self._validation_samples = validation_samples
+        self._validation_label = validation_label
+        self.source_sha256 = file_sha256(self.source)
+        # Intermediate models shared by the targets; removed with the exporter.
+        self._scratch = tempfile.TemporaryDirectory(prefix="edgeseg-export-")
+        suffix = self.source.suffix.lower()
+        if suffix == ".keras":
+            self._model: Any = _load_keras(self.source)
+            # training/runs/unet/model.keras is "unet"; any other file is named by its stem
+            stem = self.source.stem
+            self.model_name = self.source.parent.name if stem == "model" else stem
+            self.source_manifest = self._keras_manifest()
+        elif suffix == ".onnx":
+            self._model = None
+            self.source_manifest = read_manifest(self.source)  # refuses a modified file
+            target = self.source_manifest.get("target")
+            if target not in TARGETS or TARGETS[target].stage != "tensorrt":
+                raise ExportError(
+                    f"{self.source}: not a TensorRT-ready ONNX (its manifest target is "
+                    f"{target!r}); export from the Keras model instead"
+                )
+            self.model_name = str(self.source_manifest.get("model", self.source.stem))
+        else:
+            raise ExportError(
+                f"{self.source}: export reads a Keras .keras model, or the TensorRT-ready .onnx "
+                "of an earlier trt-* export"
+            )
+        self.tiles = TileSettings.from_manifest(self.source_manifest)
+
+    def _keras_manifest(self) -> dict[str, Any]:
+        """How the runtime runs the Keras source, to verify exports against it."""
+        from training.models import SIZE_MULTIPLE
+
+        multiple = SIZE_MULTIPLE.get(self._model.name, 1)
+        if self.settings.tile % multiple:
+            raise ExportError(
+                f"tile {self.settings.tile} is not a multiple of {multiple}, "
+                f"which a {self._model.name} needs"
+            )
+        return {
+            "backend": "keras",
+            "sha256": self.source_sha256,
+            "tile": {
+                "size": self.settings.tile,
+                "overlap": self.settings.overlap,
+                "multiple": multiple,
+            },
+            "preprocess": PREPROCESS,
+            "postprocess": PostprocessSettings().to_dict(),
+        }
+
+    @cached_property
+    def calibration(self) -> Calibration:
+        if not self._calibration_samples:
+            raise ExportError("INT8 export needs calibration images from the training split")
+        return calibration_tiles(
+            self._calibration_samples,
+            self.settings.calib_images,
+            self.tiles.size,
+            source=self._calibration_label,
+        )
+
+    @cached_property
+    def reference(self) -> Reference | None:
+        if not self._validation_samples:
+            return None
+        segmenter = source_segmenter(self.source, self.source_manifest)
+        return Reference(segmenter, self._validation_samples, self._validation_label)
+
+    def export(self, target: Target) -> Outcome:
+        """Write, describe and verify ``target``'s artifacts (for trt-*, the TensorRT-ready
+        ONNX and, where TensorRT runs, its engine)."""
+        if self._model is None:
+            if target.name != self.source_manifest["target"]:
+                raise ExportError(
+                    f"{self.source} is the TensorRT-ready graph for "
+                    f"{self.source_manifest['target']}; it cannot become {target.name}"
+                )
+            return self._engine(target, self.source, self.source_manifest, Outcome(target))
+        name = f"{self.model_name}-{target.name}"
+        if target.stage == "tflite":
+            from export.tflite import describe_tflite, write_tflite
+
+            path = self.out_dir / f"{name}.tflite"
+            calibration = self.calibration if target.quantized else None
+            quantization = write_tflite(self._saved_model, path, target.precision, calibration)
+            tensors = describe_tflite(path)
+        else:
+            from export.onnx import describe_onnx
+
+            path = self.out_dir / f"{name}.onnx"
+            quantization = self._write_onnx(target, path)
+            tensors = describe_onnx(path)
+        fields: dict[str, Any] = {
+            "name": name,
+            "model": self.model_name,
+            "target": target.name,
+            "backend": "litert" if target.stage == "tflite" else "onnx",
+            "precision": target.precision,
+            "source": {"path": str(self.source), "sha256": self.source_sha256},
+            "input": tensors[0],
+            "output": tensors[1],
+            "tile": self.source_manifest["tile"],
+            "preprocess": self.source_manifest["preprocess"],
+            "postprocess": self.source_manifest["postprocess"],
+        }
+        if quantization:
+            fields["quantization"] = quantization
+        if target.quantized:
+            fields["calibration"] = self.calibration.record()
+        if target.quantized and target.stage == "tensorrt":
+            from export.onnx import GRAPH_OPTIMIZATION
+
+            fields["graph_optimization"] = GRAPH_OPTIMIZATION
+        outcome = Outcome(target, [self._verified(path, fields)])
+        if target.stage != "tensorrt" or outcome.rejected:
+            return outcome
+        return self._engine(target, path, outcome.artifacts[0].manifest, outcome)
+
+    def _write_onnx(self, target: Target, path: Path) -> dict[str, Any]:
+        from export.onnx import quantize_onnx
+
+        if target.quantized:
+            for_tensorrt = target.stage == "tensorrt"
+            return quantize_onnx(self._float_onnx, path, self.calibration, for_tensorrt)
+        with atomic_path(path) as temporary:
+            shutil.copyfile(self._float_onnx, temporary)
+        return {}
+
+    @cached_property
+    def _float_onnx(self) -> Path:
+        """The float32 ONNX graph, converted once for every ONNX and TensorRT target."""
+        from export.onnx import write_onnx
+
+        path = Path(self._scratch.name) / "float.onnx"
+        write_onnx(self._model, path, self.tiles.size)
+        return path
+
+    @cached_property
+    def _saved_model(self) -> Path:
+        """The SavedModel, exported once for every TFLite target."""
+        from export.tflite import save_model
+
+        folder = Path(self._scratch.name) / "saved_model"
+        save_model(self._model, folder, self.tiles.size)
+        return folder
+
+    def _engine(
+        self, target: Target, onnx_path: Path, onnx_manifest: dict[str, Any], outcome: Outcome
+    ) -> Outcome:
+        """Build and verify the TensorRT engine of a TensorRT-ready ONNX, or say how to."""
+        from export.tensorrt import build_engine, engine_unavailable, trtexec_command
+
+        engine = self.out_dir / f"{self.model_name}-{target.name}{target.suffix}"
+        input_name = onnx_manifest["input"]["name"]
+        reason = engine_unavailable()
+        if reason is not None:
+            trtexec = trtexec_command(
+                onnx_path, engine, target.precision, self.tiles.size, input_name
+            )
+            outcome.engine_missing = reason
+            outcome.engine_command = (
+                f"edgeseg export --model {onnx_path} --target {target.name} --data DIR "
+                f"(or: {trtexec})"
+            )
+            return outcome
+        build_engine(
+            onnx_path,
+            engine,
+            target.precision,
+            self.tiles.size,
+            input_name,
+            self.out_dir / "tensorrt.timing-cache",
+        )
+        fields = {key: onnx_manifest[key] for key in INHERITED if key in onnx_manifest}
+        fields["backend"] = "tensorrt"
+        fields["source"] = {"path": str(onnx_path), "sha256": file_sha256(onnx_path)}
+        outcome.artifacts.append(self._verified(engine, fields))
+        return outcome
+
+    def _verified(self, path: Path, fields: dict[str, Any]) -> Artifact:
+        """Write the manifest, run the artifact through the runtime, record the verdict."""
+        write_manifest(path, **fields, tools=tool_versions(), verification={"status": "pending"})
+        if self.reference is None:
+            verification = skipped("no validation images given: accuracy not checked")
+        else:
+            verification = verify(load_segmenter(path), self.reference, self.settings.max_drop)
+        write_manifest(path, **fields, tools=tool_versions(), verification=verification)
+        return Artifact(path, read_manifest(path))
+
+
+def _load_keras(path: Path) -> Any:
+    import keras
+
+    import training.losses  # noqa: F401  (registers the custom loss a checkpoint may name)
+
+    return keras.saving.load_model(path, compile=False)

@@ -1,0 +1,82 @@
+"""The verification gate: an exported artifact must segment like the model it came from.
+
+Both run through the same runtime pipeline (edgeseg.segmenter: normalise, the same tiles,
+the same post-processing) on held-out images, so the difference measured is the conversion's
+alone. Callers choose the images (the command line uses the validation split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.backends import load_backend
+from edgeseg.data.dataset import Sample
+from edgeseg.metrics import aggregate, foreground_iou, score_image
+from edgeseg.segmenter import Segmenter
+from edgeseg.tiling import TileSettings
+
+#: A drop of more than --max-drop points in either of these rejects an artifact.
+GATED = ("pixel_iou", "dsb_score")
+REPORTED = ("pixel_iou", "dsb_score", "ap50")
+
+
+def source_segmenter(source: Path, manifest: Mapping[str, Any]) -> Segmenter:
+    """The source model on its runtime backend, cutting exactly the artifact's tiles."""
+    backend = load_backend(source, manifest)
+    if backend.input_size is None:  # a Keras model takes any size: give it the export's tile
+        size = TileSettings.from_manifest(manifest).size
+        backend.input_size = (size, size)
+    return Segmenter(backend, manifest)
+
+
+class Reference:
+    """The source model's labels and scores on the verification images, computed once and
+    shared by every target exported from it."""
+
+    def __init__(self, segmenter: Segmenter, samples: Sequence[Sample], data: str) -> None:
+        if not samples:
+            raise ValueError("verification needs at least one image")
+        self.segmenter = segmenter
+        self.samples = list(samples)
+        self.data = data
+
+    @cached_property
+    def labels(self) -> dict[str, np.ndarray]:
+        return {sample.id: self.segmenter.segment(sample.image) for sample in self.samples}
+
+    @cached_property
+    def scores(self) -> dict[str, float]:
+        return aggregate({s.id: score_image(s.labels, self.labels[s.id]) for s in self.samples})
+
+
+def verify(candidate: Segmenter, reference: Reference, max_drop: float) -> dict[str, Any]:
+    """Score the candidate against the ground truth and the reference; reject it when pixel
+    IoU or DSB score falls more than ``max_drop`` percentage points below the reference's."""
+    per_image, agreement = {}, []
+    for sample in reference.samples:
+        labels = candidate.segment(sample.image)
+        per_image[sample.id] = score_image(sample.labels, labels)
+        agreement.append(foreground_iou(reference.labels[sample.id], labels))
+    scores, expected = aggregate(per_image), reference.scores
+    change = {key: 100 * (scores[key] - expected[key]) for key in REPORTED}
+    failed = [key for key in GATED if -change[key] > max_drop]
+    return {
+        "status": "rejected" if failed else "passed",
+        "failed": failed,
+        "data": reference.data,
+        "images": len(per_image),
+        "max_drop_points": max_drop,
+        "mask_agreement": float(np.mean(agreement)),
+        "reference": {key: expected[key] for key in REPORTED},
+        "artifact": {key: scores[key] for key in REPORTED},
+        "change_points": change,
+    }
+
+
+def skipped(reason: str) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason}

@@ -1,0 +1,262 @@
+"""Export stages on a tiny U-Net trained a few steps on synthetic nuclei: every artifact runs
+in the edgeseg runtime and agrees with Keras; the gate rejects an INT8 calibrated on garbage;
+tampered artifacts are refused; without TensorRT the trt targets say how to finish."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_nuclei
+
+from edgeseg.data.dataset import Sample
+from edgeseg.manifest import ManifestError, read_manifest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest.importorskip("tensorflow")
+pytestmark = [
+    pytest.mark.tensorflow,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
+
+TILE = 32
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+TARGET_NAMES = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8")
+#: Largest |probability| difference from Keras, per precision.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def _samples(prefix: str, shapes: list[tuple[int, int]], seed: int) -> list[Sample]:
+    return [
+        Sample(f"{prefix}{i}", *synthetic_nuclei(shape, count=8, seed=seed + i))
+        for i, shape in enumerate(shapes)
+    ]
+
+
+TRAIN = _samples("t", [(64, 64)] * 6 + [(24, 40)], seed=100)  # one smaller than a tile
+VALIDATION = _samples("v", [(64, 64), (48, 80), (70, 52)], seed=200)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-level U-Net with 4 filters fitted for a few seconds on flipped and rotated crops:
+    enough to find the disks and give confident probabilities."""
+    import keras
+
+    from edgeseg.preprocess import normalize
+    from training.losses import SegmentationLoss
+    from training.models import build_model
+    from training.targets import make_targets
+
+    keras.utils.set_random_seed(0)
+    full = [s for s in TRAIN if s.image.shape == (64, 64)]
+    pairs = np.concatenate(
+        [
+            np.stack([normalize(s.image) for s in full])[..., None],
+            np.stack([make_targets(s.labels) for s in full]).astype(np.float32),
+        ],
+        axis=-1,
+    )
+    rng = np.random.default_rng(0)
+    crops = []
+    for _ in range(1600):
+        y, x = rng.integers(0, 64 - TILE + 1, 2)
+        crop = np.rot90(
+            pairs[rng.integers(len(pairs)), y : y + TILE, x : x + TILE], rng.integers(4)
+        )
+        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    crops = np.stack(crops)
+    model = build_model("unet", base_filters=4, depth=2)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=SegmentationLoss())
+    model.fit(crops[..., :1], crops[..., 1:], batch_size=8, epochs=1, verbose=0)
+    path = tmp_path_factory.mktemp("run") / "tiny" / "model.keras"  # exports are "tiny-..."
+    path.parent.mkdir()
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_model(source: Path):
+    import keras
+
+    return keras.saving.load_model(source, compile=False)
+
+
+@pytest.fixture(scope="module")
+def exporter(source: Path, tmp_path_factory: pytest.TempPathFactory):
+    from export.pipeline import Exporter, ExportSettings
+
+    return Exporter(
+        source,
+        tmp_path_factory.mktemp("export"),
+        # 4 filters quantize far worse than the real 16-filter U-Net: a looser gate here
+        ExportSettings(tile=TILE, overlap=8, calib_images=12, max_drop=5.0),
+        calibration_samples=TRAIN,
+        validation_samples=VALIDATION,
+    )
+
+
+@pytest.fixture(scope="module")
+def outcomes(exporter) -> dict:
+    from export.targets import TARGETS
+
+    return {name: exporter.export(TARGETS[name]) for name in (*TARGET_NAMES, "trt-int8")}
+
+
+def _tiles() -> np.ndarray:
+    from export.calibration import calibration_tiles
+
+    return calibration_tiles(VALIDATION, 4, TILE, seed=1).tiles
+
+
+@pytest.mark.parametrize("name", TARGET_NAMES)
+def test_artifact_runs_in_the_runtime_like_keras(name: str, outcomes: dict, keras_model) -> None:
+    from edgeseg.backends import load_backend
+
+    (artifact,) = outcomes[name].artifacts
+    manifest = read_manifest(artifact.path)  # the hash matches
+    assert artifact.path.name == f"tiny-{name}{artifact.path.suffix}"
+    assert manifest["name"] == f"tiny-{name}" and manifest["target"] == name
+    assert manifest["tile"] == {"size": TILE, "overlap": 8, "multiple": 16}  # a U-Net's
+    assert manifest["input"]["shape"][1:] == [TILE, TILE, 1]
+    assert {"tensorflow", "keras"} <= set(manifest["tools"])
+    verification = manifest["verification"]
+    assert verification["status"] == "passed" and verification["images"] == len(VALIDATION)
+
+    tiles = _tiles()
+    expected = keras_model.predict_on_batch(tiles)
+    predicted = load_backend(artifact.path).predict(tiles)
+    precision = manifest["precision"]
+    if precision in TOLERANCE:
+        np.testing.assert_allclose(predicted, expected, atol=TOLERANCE[precision])
+        assert verification["mask_agreement"] > 0.99
+    else:
+        assert np.mean((predicted[..., 0] > 0.5) == (expected[..., 0] > 0.5)) > 0.97
+        assert np.abs(predicted - expected).mean() < 0.03
+        assert verification["mask_agreement"] > 0.9
+
+
+def test_int8_manifest_records_training_calibration(outcomes: dict, exporter) -> None:
+    for name in ("tflite-int8", "onnx-int8"):
+        manifest = outcomes[name].artifacts[0].manifest
+        calibration = manifest["calibration"]
+        assert calibration["count"] == 12 and calibration["tile"] == TILE
+        assert set(calibration["ids"]) <= {s.id for s in TRAIN}
+        assert calibration["sha256"] == exporter.calibration.sha256
+        assert manifest["quantization"]["weights"].startswith("int8, per-channel")
+    tensor_in = outcomes["tflite-int8"].artifacts[0].manifest["input"]
+    assert tensor_in["dtype"] == "int8" and tensor_in["quantization"]["scale"] > 0
+
+
+def test_tensorrt_int8_graph_is_symmetric_qdq_with_float_bias(outcomes: dict) -> None:
+    onnx_artifact = outcomes["trt-int8"].artifacts[0]
+    assert onnx_artifact.path.suffix == ".onnx" and onnx_artifact.manifest["backend"] == "onnx"
+    assert onnx_artifact.manifest["graph_optimization"] == "basic"  # verified as exact Q/DQ
+    graph = onnx.load(str(onnx_artifact.path)).graph
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    quantizers = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert any(n.op_type == "QuantizeLinear" for n in quantizers)
+    for node in quantizers:
+        zero_point = constants[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    assert not any(c.dtype == np.int32 for c in constants.values())  # biases stay float
+    per_channel = [n for n in quantizers if constants[n.input[1]].size > 1]
+    assert per_channel, "weights should be quantized per channel"
+
+
+def test_tampered_artifact_is_refused(outcomes: dict, tmp_path: Path) -> None:
+    from edgeseg.manifest import manifest_path
+    from edgeseg.segmenter import load_segmenter
+
+    original = outcomes["tflite-fp32"].artifacts[0].path
+    copy = tmp_path / original.name
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    manifest_path(copy).write_bytes(manifest_path(original).read_bytes())
+    with pytest.raises(ManifestError, match="refusing to load"):
+        load_segmenter(copy)
+
+
+# --- the command line: DSB layout, the split file, exit statuses ---
+
+
+def _write_dsb(root: Path, samples: list[Sample]) -> None:
+    for sample in samples:
+        folder = root / "stage1_train" / sample.id
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        cv2.imwrite(str(folder / "images" / f"{sample.id}.png"), sample.image)
+        for label in np.unique(sample.labels)[1:]:
+            mask = (sample.labels == label).astype(np.uint8) * 255
+            cv2.imwrite(str(folder / "masks" / f"{sample.id}_{label}.png"), mask)
+
+
+def _export(*args: str | Path):
+    from edgeseg.cli import main
+
+    return CliRunner().invoke(main, ["export", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_rejects_int8_calibrated_on_garbage(source: Path, tmp_path: Path) -> None:
+    blank = []
+    for index in range(3):  # black images; one nucleus each keeps DSB's masks/ layout valid
+        labels = cv2.circle(np.zeros((64, 64), np.uint16), (20, 20), 5, 1, -1)
+        blank.append(Sample(f"b{index}", np.zeros((64, 64), np.uint8), labels))
+    _write_dsb(tmp_path / "dsb", blank + VALIDATION)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [s.id for s in blank], "validation": ["v0", "v1"]}))
+    out = tmp_path / "out"
+    result = _export(
+        "--model", source, "--target", "onnx-int8", "--data", tmp_path / "dsb", "--split", split,
+        "--cache-dir", tmp_path / "cache", "--tile", TILE, "--overlap", 8, "--calib-images", 3,
+        "--verify-images", 1, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert "REJECTED on 1 images" in result.output and "manifest marked rejected" in result.output
+    artifact = out / "tiny-onnx-int8.onnx"
+    manifest = read_manifest(artifact)  # kept, and still loadable for inspection
+    assert manifest["verification"]["status"] == "rejected"
+    assert manifest["verification"]["failed"]
+    assert set(manifest["calibration"]["ids"]) == {"b0", "b1", "b2"}
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_cli_trt_without_tensorrt_writes_the_onnx_and_says_how(source: Path, tmp_path: Path):
+    result = _export(
+        "--model", source, "--target", "trt-fp16", "--tile", TILE, "--out", tmp_path
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    onnx_path = tmp_path / "tiny-trt-fp16.onnx"
+    manifest = read_manifest(onnx_path)
+    assert manifest["target"] == "trt-fp16" and manifest["input"]["shape"] == [None, 32, 32, 1]
+    assert manifest["verification"]["status"] == "skipped"
+    (line,) = [line for line in result.output.splitlines() if "NOT built" in line]
+    assert f"edgeseg export --model {onnx_path} --target trt-fp16" in line
+    assert "trtexec --onnx=" in line and "--fp16" in line
+    assert "verification SKIPPED" in result.output
+
+
+def test_cli_int8_without_data_is_refused(source: Path, tmp_path: Path) -> None:
+    result = _export("--model", source, "--target", "tflite-int8", "--out", tmp_path)
+    assert result.exit_code == 1 and "--data" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed here")
+def test_tensorrt_engine_is_built_and_verified(exporter) -> None:
+    from export.targets import TARGETS
+
+    outcome = exporter.export(TARGETS["trt-fp16"])
+    assert outcome.engine_missing is None, outcome.engine_missing
+    engine = outcome.artifacts[-1]
+    assert engine.path.suffix == ".engine" and engine.manifest["backend"] == "tensorrt"
+    assert engine.verification["status"] == "passed"

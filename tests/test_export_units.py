@@ -1,0 +1,93 @@
+"""Export pieces that need no TensorFlow: targets, calibration crops, the TensorRT command
+line, and the command's message when the export extra is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_nuclei
+
+from edgeseg.data.dataset import Sample
+from edgeseg.preprocess import normalize
+from export.calibration import calibration_tiles
+from export.targets import TARGETS, resolve_targets
+from export.tensorrt import trtexec_command
+
+
+def test_all_means_what_this_machine_can_produce() -> None:
+    with_engine = {t.name for t in resolve_targets("all", engine_buildable=True)}
+    without = {t.name for t in resolve_targets("all", engine_buildable=False)}
+    assert without == with_engine - {"trt-fp16", "trt-int8"}
+    assert resolve_targets("onnx-int8", engine_buildable=False) == [TARGETS["onnx-int8"]]
+    with pytest.raises(KeyError, match="unknown target"):
+        resolve_targets("onnx-int4", engine_buildable=False)
+
+
+def test_calibration_crops_are_seeded_normalised_tiles_of_the_given_images() -> None:
+    samples = [Sample(f"s{i}", *synthetic_nuclei((50, 70), seed=i)) for i in range(3)]
+    samples.append(Sample("small", *synthetic_nuclei((20, 30), count=2, seed=9)))
+    first = calibration_tiles(samples, 6, 32, seed=3, source="train")
+    again = calibration_tiles(samples, 6, 32, seed=3, source="train")
+    other = calibration_tiles(samples, 6, 32, seed=4, source="train")
+    assert first.tiles.shape == (6, 32, 32, 1) and first.tiles.dtype == np.float32
+    assert first.sha256 == again.sha256 and first.ids == again.ids
+    assert first.sha256 != other.sha256
+    assert set(first.ids) == {s.id for s in samples}  # each image once before any repeats
+    assert first.tiles.min() >= 0.0 and first.tiles.max() <= 1.0
+    record = first.record()
+    assert record["ids"] == list(first.ids) and record["count"] == 6 and record["tile"] == 32
+    # a crop is a window of the whole normalised image, not of a separately normalised crop
+    index = first.ids.index("s0")
+    whole = normalize(samples[0].image)
+    windows = np.lib.stride_tricks.sliding_window_view(whole, (32, 32))
+    assert np.any(np.all(windows == first.tiles[index, ..., 0], axis=(2, 3)))
+    assert [batch.shape for batch in first.batches()] == [(1, 32, 32, 1)] * 6
+
+
+def test_trtexec_command_builds_the_same_profile() -> None:
+    command = trtexec_command(Path("m.onnx"), Path("out/m.engine"), "int8", 256, "image")
+    assert command.startswith("trtexec --onnx=m.onnx --saveEngine=out/m.engine --fp16 --int8")
+    assert "--minShapes=image:1x256x256x1" in command
+    assert "--maxShapes=image:16x256x256x1" in command
+
+
+def test_missing_export_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.targets
+    from edgeseg.cli import main
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"never read")
+    monkeypatch.setattr(export.targets, "missing_modules", lambda modules: ["tensorflow"])
+    result = CliRunner().invoke(
+        main, ["export", "--model", str(model), "--target", "onnx-fp32"], catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert "pip install 'edgeseg[export]'" in result.output
+
+
+def test_calibration_may_never_see_validation_images(tmp_path: Path) -> None:
+    from export.pipeline import Exporter, ExportError
+
+    sample = Sample("same", *synthetic_nuclei((32, 32)))
+    with pytest.raises(ExportError, match="overlap"):
+        Exporter(
+            tmp_path / "model.keras",
+            tmp_path,
+            calibration_samples=[sample],
+            validation_samples=[sample],
+        )
+
+
+def test_help_names_every_target_and_unknown_ones_are_refused() -> None:
+    from edgeseg.cli import main
+    from edgeseg.commands.export import export
+
+    (option,) = [param for param in export.params if param.name == "target"]
+    assert all(name in option.help for name in TARGETS)
+    result = CliRunner().invoke(main, ["export", "--model", "m.keras", "--target", "onnx-int4"])
+    assert result.exit_code == 2 and "unknown target 'onnx-int4'" in result.output
