@@ -91,7 +91,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     try:
-        segmenter = load_segmenter(spec["artifact"], spec.get("backend"), spec.get("threads"))
+        segmenter = load_segmenter(
+            spec["artifact"], spec.get("backend"), spec.get("threads"), allow_rejected=True
+        )
     except BackendUnavailable as error:
         return {"status": "unavailable", "reason": str(error)}
     load_s = time.perf_counter() - start

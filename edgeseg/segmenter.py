@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import Backend, load_backend
-from edgeseg.manifest import read_manifest
+from edgeseg.manifest import ManifestError, read_manifest
 from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize
@@ -67,14 +67,24 @@ def load_segmenter(
     *,
     overlap: int | None = None,
     batch_size: int | None = None,
+    allow_rejected: bool = False,
 ) -> Segmenter:
     """Load a built-in model by name (None: the default) or an exported artifact by path.
 
     ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
-    threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling.
+    threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling. An artifact
+    that failed its export accuracy gate is refused unless ``allow_rejected`` (benchmarks).
     """
     artifact = resolve_model(model)
     manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
+    verification = manifest.get("verification", {})
+    if verification.get("status") == "rejected" and not allow_rejected:
+        raise ManifestError(
+            f"{artifact}: this artifact failed its accuracy check at export "
+            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} dropped too "
+            "far); refusing to run it. "
+            "Re-export it, or choose a larger --max-drop at export if the loss is acceptable"
+        )
     engine = load_backend(artifact, manifest, backend=backend, threads=threads)
     if tile is not None and engine.input_size not in (None, (tile, tile)):
         height, width = engine.input_size

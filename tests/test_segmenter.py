@@ -13,7 +13,7 @@ from conftest import synthetic_nuclei
 from tiny_models import threshold_model
 
 import edgeseg.models
-from edgeseg.manifest import manifest_path
+from edgeseg.manifest import ManifestError, manifest_path
 from edgeseg.models import ModelNotFoundError, list_models, resolve_model
 from edgeseg.segmenter import load_segmenter
 
@@ -133,3 +133,13 @@ def test_unknown_names_and_missing_paths_are_explained(models_folder: Path) -> N
 
 def test_packaged_models_folder_is_readable() -> None:
     assert all(model.artifact.parent == edgeseg.models.models_dir() for model in list_models())
+
+
+def test_an_artifact_rejected_at_export_is_refused(tmp_path: Path) -> None:
+    model = threshold_model(tmp_path / "rejected.onnx")
+    manifest = json.loads(manifest_path(model).read_text())
+    manifest["verification"] = {"status": "rejected", "failed": ["dsb_score"]}
+    manifest_path(model).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="dsb_score dropped too far"):
+        load_segmenter(model)
+    assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
