@@ -20,6 +20,9 @@ class PostprocessSettings:
     foreground_threshold: float = 0.5
     boundary_threshold: float = 0.5
     min_area: int = 8
+    #: Seeds smaller than this are noise in the boundary map, not nuclei: dropping them stops
+    #: one nucleus from being cut into fragments.
+    min_seed_area: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -43,7 +46,13 @@ def instances_from_probabilities(
     """Return uint16 labels (0 = background, 1..N nuclei) from two (H, W) probability maps."""
     mask = (foreground > settings.foreground_threshold).astype(np.uint8)
     seeds_mask = mask & (boundary < settings.boundary_threshold).astype(np.uint8)
-    _, seeds = cv2.connectedComponents(seeds_mask, connectivity=8, ltype=cv2.CV_32S)
+    seed_count, seeds, seed_stats, _ = cv2.connectedComponentsWithStats(
+        seeds_mask, connectivity=8, ltype=cv2.CV_32S
+    )
+    if settings.min_seed_area > 1 and seed_count > 1:
+        small = seed_stats[:, cv2.CC_STAT_AREA] < settings.min_seed_area
+        small[0] = False
+        seeds[small[seeds]] = 0
     count, components, stats, _ = cv2.connectedComponentsWithStats(
         mask, connectivity=8, ltype=cv2.CV_32S
     )

@@ -68,3 +68,18 @@ def test_small_objects_are_dropped_and_seedless_ones_kept() -> None:
 def test_empty_prediction() -> None:
     zeros = np.zeros((16, 16), np.float32)
     assert instances_from_probabilities(zeros, zeros).max() == 0
+
+
+def test_tiny_seeds_do_not_fragment_a_nucleus() -> None:
+    foreground = np.zeros((40, 40), np.float32)
+    cv2.circle(foreground, (20, 20), 12, 1.0, -1)
+    boundary = np.ones_like(foreground)
+    boundary[12:19, 14:27] = 0.0  # the nucleus' real seed, 91 px
+    boundary[27:29, 19:21] = 0.0  # a 4-px hole in a noisy boundary map
+    fragmented = instances_from_probabilities(foreground, boundary)
+    whole = instances_from_probabilities(
+        foreground, boundary, PostprocessSettings(min_seed_area=10)
+    )
+    assert fragmented.max() == 2
+    assert whole.max() == 1
+    assert ((whole > 0) == (foreground > 0)).all()

@@ -14,6 +14,14 @@ TILE_SIZE = 256
 TILE_OVERLAP = 32
 
 
+def postprocess_settings(run_dir: Path) -> PostprocessSettings:
+    """The thresholds tuned on validation (training/tune_postprocess.py), else the defaults."""
+    tuned = run_dir / "postprocess.json"
+    if tuned.is_file():
+        return PostprocessSettings(**json.loads(tuned.read_text())["chosen"])
+    return PostprocessSettings()
+
+
 def write_model_manifest(run_dir: Path) -> Path:
     """Write ``model.keras.json`` for the best model of the run in ``run_dir``."""
     import keras
@@ -34,7 +42,7 @@ def write_model_manifest(run_dir: Path) -> Path:
         output={"name": "probabilities", "shape": [None, None, None, 2], "dtype": "float32"},
         tile={"size": TILE_SIZE, "overlap": TILE_OVERLAP, "multiple": SIZE_MULTIPLE[config.model]},
         preprocess={"name": "percentile-gray", "version": 1},
-        postprocess=PostprocessSettings().to_dict(),
+        postprocess=postprocess_settings(run_dir).to_dict(),
         params=model.count_params(),
         flops_per_tile=conv_flops(model, TILE_SIZE),
         flops_tile=TILE_SIZE,

@@ -1,0 +1,78 @@
+"""Choose the post-processing thresholds of a trained run on the VALIDATION split.
+
+    python -m training.tune_postprocess training/runs/unet --data /data/dsb2018
+
+Probabilities are predicted once per validation image (runtime pipeline, Keras backend),
+then every setting of a small grid is scored; the best by the training selection score
+(mean of pixel IoU and DSB score) is written to ``postprocess.json`` and into the model's
+manifest, from which every export inherits it. stage1_test is never looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.metrics import aggregate, score_image
+from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+from edgeseg.segmenter import load_segmenter
+from training.manifest import write_model_manifest
+from training.split import load_split
+from training.train import selection_score
+
+GRID = {
+    "foreground_threshold": (0.4, 0.5, 0.6, 0.7),
+    "boundary_threshold": (0.15, 0.3, 0.5),
+    "min_seed_area": (0, 10),
+    "min_area": (8, 24, 48),
+}
+
+
+def tune(run_dir: Path, data_root: Path, cache_dir: Path) -> dict:
+    segmenter = load_segmenter(run_dir / "model.keras")
+    samples = load_dataset(data_root / "stage1_train", cache_dir, ids=load_split()["validation"])
+    maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in tqdm(samples)]
+    results = []
+    for values in tqdm(list(itertools.product(*GRID.values())), unit="setting"):
+        settings = replace(PostprocessSettings(), **dict(zip(GRID, values, strict=True)))
+        per_image = {}
+        for index, (truth, probabilities) in enumerate(maps):
+            labels = instances_from_probabilities(*probabilities.transpose(2, 0, 1), settings)
+            per_image[str(index)] = score_image(truth, labels)
+        scores = aggregate(per_image)
+        results.append(
+            {
+                "settings": settings.to_dict(),
+                "validation": scores,
+                "selection_score": selection_score(scores),
+            }
+        )
+    best = max(results, key=lambda r: r["selection_score"])
+    return {"chosen": best["settings"], "validation": best["validation"], "grid": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    args = parser.parse_args()
+    result = tune(args.run_dir, args.data, args.cache_dir)
+    (args.run_dir / "postprocess.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_model_manifest(args.run_dir)
+    print(
+        f"chosen {result['chosen']}: validation "
+        + ", ".join(
+            f"{k} {result['validation'][k]:.4f}" for k in ("pixel_iou", "dsb_score", "ap50")
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
