@@ -31,6 +31,23 @@ def _percent(value: float | None, key: str) -> str:
     return f"{value:.2f}" if key == "count_abs_error" else f"{100 * value:.2f} %"
 
 
+def _selected_epoch(run_dir: Path, state: dict) -> str:
+    """Which epoch's weights the run ships, and on what it was chosen (validation only)."""
+    selection = run_dir / "selection.json"
+    if selection.is_file():
+        chosen = json.loads(selection.read_text())
+        epoch = chosen["candidates"][chosen["chosen"]]["epoch"]
+        return (
+            f"shipped weights: epoch {epoch}, chosen between the best epoch by the training-time "
+            "validation score and the last epoch after tuning post-processing on validation "
+            "(selection.json, postprocess.json)"
+        )
+    return (
+        f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
+        "DSB score)"
+    )
+
+
 def render_card(run_dir: Path) -> str:
     import keras
 
@@ -60,8 +77,7 @@ def render_card(run_dir: Path) -> str:
         f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
         f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
         f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
-        f"float32; best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU "
-        "and DSB score).",
+        f"float32; {_selected_epoch(run_dir, state)}.",
         f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
         "(CPU only, shared with other work during the run).",
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",

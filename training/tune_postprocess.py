@@ -27,10 +27,10 @@ from training.split import load_split
 from training.train import selection_score
 
 GRID = {
-    "foreground_threshold": (0.4, 0.5, 0.6, 0.7),
+    "foreground_threshold": (0.5, 0.6, 0.7),
     "boundary_threshold": (0.15, 0.3, 0.5),
     "min_seed_area": (0, 10),
-    "min_area": (8, 24, 48),
+    "min_area": (16, 32),
 }
 
 
