@@ -22,7 +22,7 @@ from typing import Any
 from edgeseg import __version__
 from edgeseg.data.dataset import Sample
 from edgeseg.imageio import atomic_path
-from edgeseg.manifest import file_sha256, read_manifest, write_manifest
+from edgeseg.manifest import file_sha256, manifest_path, read_manifest, write_manifest
 from edgeseg.postprocess import PostprocessSettings
 from edgeseg.segmenter import load_segmenter
 from edgeseg.tiling import TileSettings
@@ -166,6 +166,7 @@ class Exporter:
                 f"tile {self.settings.tile} is not a multiple of {multiple}, "
                 f"which a {self._model.name} needs"
             )
+        recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
         return {
             "backend": "keras",
             "sha256": self.source_sha256,
@@ -175,7 +176,8 @@ class Exporter:
                 "multiple": multiple,
             },
             "preprocess": PREPROCESS,
-            "postprocess": PostprocessSettings().to_dict(),
+            # thresholds tuned on validation travel with the model (training/tune_postprocess.py)
+            "postprocess": recorded.get("postprocess", PostprocessSettings().to_dict()),
         }
 
     @cached_property

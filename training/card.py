@@ -64,6 +64,10 @@ def render_card(run_dir: Path) -> str:
         if path.is_file():
             evaluations[split] = json.loads(path.read_text())["aggregate"]
     validation = evaluations.get("validation", state.get("best_metrics", {}))
+    selection = run_dir / "selection.json"
+    if selection.is_file():  # scored with the tuned post-processing the model ships with
+        chosen = json.loads(selection.read_text())
+        validation = chosen["candidates"][chosen["chosen"]]["validation"]
     lines = [
         f"# Model card: {config.model}",
         "",
