@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.reference import SOURCE
 from edgeseg.imageio import atomic_path
+from edgeseg.models import models_dir
 
 EMPTY = "—"
 MAIN_COLUMNS = (
@@ -85,7 +86,10 @@ def _notes(record: Mapping[str, Any]) -> str:
     if record["status"] == "failed":
         return f"failed: {record['reason'].splitlines()[-1]} (see bench.json)"
     sources = {record["params_source"], record["flops_source"]} - {"n/a", "manifest"}
-    notes = [f"{Path(record['artifact']).name} on {record['backend']}"]
+    artifact = Path(record["artifact"])
+    builtin = artifact.resolve().parent == models_dir().resolve()
+    where = "the built-in default model, " if builtin else ""
+    notes = [f"{where}{artifact.name} on {record['backend']}"]
     if record["export_check"] == "rejected":
         notes.append("REJECTED by the export accuracy check")
     notes += [f"params/FLOPs from the {source}" for source in sorted(sources)]
