@@ -24,6 +24,11 @@ class AugmentConfig:
     noise_std_max: float = 0.03
     blur_probability: float = 0.15
 
+    @classmethod
+    def from_dict(cls, values: dict) -> AugmentConfig:
+        """Read the JSON form back (JSON turns the range tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 def random_crop(
     image: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator

@@ -32,8 +32,5 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
         values = json.loads(Path(path).read_text())
-        augment = values.pop("augment", {})
-        for key, value in augment.items():
-            if isinstance(value, list):
-                augment[key] = tuple(value)
-        return cls(**values, augment=AugmentConfig(**augment))
+        augment = AugmentConfig.from_dict(values.pop("augment", {}))
+        return cls(**values, augment=augment)

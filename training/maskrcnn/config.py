@@ -57,8 +57,6 @@ class MaskRCNNTrainConfig:
     def from_file(cls, path: Path) -> MaskRCNNTrainConfig:
         values = json.loads(Path(path).read_text())
         runtime = MaskRCNNConfig.from_dict(values.pop("runtime", {}))
-        augment = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in values.pop("augment", {}).items()
-        }
+        augment = AugmentConfig.from_dict(values.pop("augment", {}))
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values, runtime=runtime, augment=AugmentConfig(**augment))
+        return cls(**values, runtime=runtime, augment=augment)
