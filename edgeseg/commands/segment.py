@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgeseg.backends import BACKENDS
+
+if TYPE_CHECKING:  # the runtime is imported only when a command runs
+    from edgeseg.segmenter import Segmenter
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 
@@ -133,7 +137,6 @@ def segment(
         summary_lines,
     )
     from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
-    from edgeseg.segmenter import load_segmenter
 
     if samples:
         inputs = (*inputs, SAMPLES_DIR)
@@ -153,10 +156,7 @@ def segment(
         jobs = discover_images(inputs)
     except BatchError as error:
         raise click.ClickException(str(error)) from error
-    try:
-        segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
-    except (LookupError, ValueError, RuntimeError, OSError) as error:
-        raise click.ClickException(f"cannot load the model: {error}") from error
+    segmenter = load_segmenter_or_fail(model, backend, threads, tile)
     try:
         plan = plan_batch(jobs, settings, segmenter.manifest)
     except BatchError as error:
@@ -190,3 +190,15 @@ def segment(
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
     if any(result.status == "failed" for result in results):
         sys.exit(1)
+
+
+def load_segmenter_or_fail(
+    model: str | None, backend: str | None, threads: int | None, tile: int | None
+) -> Segmenter:
+    """Load the model for a command; any reason it cannot load becomes one clear CLI error."""
+    from edgeseg.segmenter import load_segmenter
+
+    try:
+        return load_segmenter(model, backend=backend, threads=threads, tile=tile)
+    except (LookupError, ValueError, RuntimeError, OSError) as error:
+        raise click.ClickException(f"cannot load the model: {error}") from error

@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from edgeseg.commands.segment import segment
+from edgeseg.commands.segment import load_segmenter_or_fail, segment
 
 # Options with exactly `edgeseg segment`'s meaning, shared so the two never drift apart.
 SHARED_OPTIONS = (
@@ -106,7 +106,6 @@ def watch(
     """
     from edgeseg.batch import BatchError, BatchSettings, ImageResult, summary_lines
     from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
-    from edgeseg.segmenter import load_segmenter
     from edgeseg.watch import FolderWatcher, watch_folder
 
     settings = BatchSettings(
@@ -117,10 +116,7 @@ def watch(
         overlay=overlay,
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
     )
-    try:
-        segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
-    except (LookupError, ValueError, RuntimeError, OSError) as error:
-        raise click.ClickException(f"cannot load the model: {error}") from error
+    segmenter = load_segmenter_or_fail(model, backend, threads, tile)
     try:
         watcher = FolderWatcher(folder, segmenter, settings, settle)
     except BatchError as error:
