@@ -6,7 +6,8 @@ Built for unattended runs on a clinic workstation:
   rest go on;
 * a crash or power cut at any moment never leaves a result a re-run would trust: every file
   is written atomically and a per-image done-marker (``OUT/.edgeseg-done/<stem>.json``) is
-  written last, so a re-run skips exactly the images whose marker and outputs all exist;
+  written last, so a re-run skips exactly the images whose marker and outputs all exist and
+  were made with the same model and settings (page, channel, nucleus diameter);
 * reading, inference and writing overlap in three threads joined by small bounded queues,
   so memory stays a few images whatever the batch size.
 """
@@ -38,9 +39,12 @@ from edgeseg.imageio import (
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import write_overlay
 from edgeseg.preprocess import normalize, to_gray
+from edgeseg.rescale import recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ("file", "output_stem", "nuclei", "mean_area", "status", "error", "seconds")
+SUMMARY_COLUMNS = (
+    "file", "output_stem", "nuclei", "mean_area", "status", "error", "seconds", "diameter_px",
+)  # fmt: skip
 DONE_DIR = ".edgeseg-done"
 PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
 SUMMARY_EVERY_S = 10.0
@@ -70,6 +74,8 @@ class BatchSettings:
     overlay: bool = False
     overwrite: bool = False
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    #: Typical nucleus diameter in the images (px), passed to segment(); None: as trained.
+    diameter: float | None = None
 
     def outputs(self, stem: str) -> dict[str, Path]:
         names = {"nuclei": f"{stem}_nuclei.csv", "labels": f"{stem}_labels.{self.label_format}"}
@@ -81,13 +87,22 @@ class BatchSettings:
         return self.output / DONE_DIR / f"{stem}.json"
 
     def fingerprint(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """What makes two runs' labels differ: outputs made otherwise are never reused."""
-        return {
+        """What makes two runs' labels differ: outputs made otherwise are never reused.
+
+        The diameter keys appear only when a diameter is given, so results made before
+        --diameter existed still resume. The model's own diameter is included because a
+        regenerated manifest changes the scale without changing the artifact's sha256.
+        """
+        fingerprint = {
             "model": manifest.get("name"),
             "model_sha256": manifest.get("sha256"),
             "page": self.page,
             "channel": self.channel,
         }
+        if self.diameter is not None:
+            fingerprint["diameter"] = self.diameter
+            fingerprint["model_diameter"] = recorded_diameter(manifest)
+        return fingerprint
 
 
 @dataclass
@@ -199,8 +214,9 @@ def plan_batch(
     """Split jobs into already complete (skipped) and to do; refuse to mix in foreign results.
 
     An image is complete when its done-marker says it was made from the same file with the
-    same model, page and channel, and every output this run asks for exists. Results made
-    from another file or with other settings are never reused nor silently replaced.
+    same model, page, channel and diameter, and every output this run asks for exists.
+    Results made from another file or with other settings are never reused nor silently
+    replaced.
     """
     if settings.overwrite:
         return BatchPlan(list(jobs), [])
@@ -243,9 +259,10 @@ def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[s
     if marker.get("source") != str(job.source.resolve()):
         return f"made from {marker.get('source')}, not {job.source.resolve()}"
     before = marker.get("settings") or {}
-    changed = [key for key in fingerprint if before.get(key) != fingerprint[key]]
+    keys = [*fingerprint, *(key for key in before if key not in fingerprint)]
+    changed = [key for key in keys if before.get(key) != fingerprint.get(key)]
     return "made with " + ", ".join(
-        f"{key} {before.get(key)!r} (now {fingerprint[key]!r})" for key in changed
+        f"{key} {before.get(key)!r} (now {fingerprint.get(key)!r})" for key in changed
     )
 
 
@@ -344,7 +361,7 @@ def run_batch(
             if on_result is not None:
                 on_result(result)
             if time.monotonic() - last_summary > SUMMARY_EVERY_S:
-                write_summary(settings.output / SUMMARY_NAME, results)
+                write_summary(settings, results)
                 last_summary = time.monotonic()
 
     reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
@@ -357,7 +374,7 @@ def run_batch(
             if work.image is not None:
                 started = time.perf_counter()
                 try:
-                    work.labels = segmenter.segment(work.image)
+                    work.labels = segmenter.segment(work.image, diameter=settings.diameter)
                 except Exception as error:  # one image the model cannot take fails alone
                     work.error, work.image = _describe(error), None
                 work.seconds += time.perf_counter() - started
@@ -368,7 +385,7 @@ def run_batch(
         _put(segmented, _END, writer.is_alive)
         writer.join()
         reader.join()
-        write_summary(settings.output / SUMMARY_NAME, results)
+        write_summary(settings, results)
     for stage in (reader, writer):
         if stage.error is not None:
             raise stage.error
@@ -429,8 +446,11 @@ def _write_outputs(
     return len(rows), mean_area
 
 
-def write_summary(path: Path, results: Iterable[ImageResult]) -> None:
-    """One row per image in input order, rewritten atomically so it is never half a table."""
+def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> None:
+    """OUT/summary.csv: one row per image in input order, rewritten atomically so it is never
+    half a table. Every row was made with ``settings``, so each carries its diameter."""
+    diameter = "" if settings.diameter is None else f"{settings.diameter:g}"
+    path = settings.output / SUMMARY_NAME
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
@@ -444,6 +464,7 @@ def write_summary(path: Path, results: Iterable[ImageResult]) -> None:
                     result.status,
                     result.error,
                     round(result.seconds, 3),
+                    diameter,
                 ]
             )
 

@@ -7,13 +7,14 @@ segmenters (StarDist, Cellpose, ...) are compared with one implementation of the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
 from edgeseg.data.dataset import find_samples
 from edgeseg.imageio import read_image
 from edgeseg.metrics import aggregate, score_image
+from edgeseg.preprocess import image_kind
 
 SPLIT_FOLDERS = {
     "test": "stage1_test",
@@ -62,10 +63,11 @@ def evaluate_folder(
 ) -> dict:
     """Score ``<pred_dir>/<id>_labels.tif`` for every id of the split (or only ``ids``).
 
-    Returns {"aggregate": mean scores plus "images", "per_image": {id: scores}, "dataset":
-    folder scored against, "missing": ids without a prediction}. A missing prediction is an
-    error naming the file unless ``allow_missing``, which scores only the images predicted:
-    the aggregate then covers fewer images, so it is off by default.
+    Returns {"aggregate": mean scores plus "images", "by_kind": the same per imaging modality
+    (edgeseg.preprocess.image_kind), "per_image": {id: scores}, "kinds": {id: modality},
+    "dataset": folder scored against, "missing": ids without a prediction}. A missing
+    prediction is an error naming the file unless ``allow_missing``, which scores only the
+    images predicted: the aggregate then covers fewer images, so it is off by default.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -87,8 +89,9 @@ def evaluate_folder(
     if not present:
         raise EvaluationError(f"{pred_dir}: no <id>_labels.tif predictions for {folder}")
     samples = load_dataset(folder, cache_dir=cache_dir, ids=present)
-    per_image = {}
+    per_image, kinds = {}, {}
     for sample in progress(samples) if progress else samples:
+        kinds[sample.id] = image_kind(sample.image)
         path = paths[sample.id]
         pred = read_image(path)
         if pred.ndim != 2:
@@ -99,7 +102,19 @@ def evaluate_folder(
             raise EvaluationError(f"{path}: {error}") from error
     return {
         "aggregate": aggregate(per_image),
+        "by_kind": by_kind(per_image, kinds),
         "per_image": per_image,
+        "kinds": kinds,
         "dataset": str(folder),
         "missing": missing,
     }
+
+
+def by_kind(
+    per_image: Mapping[str, Mapping[str, float]], kinds: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Aggregate scores per imaging modality: one mean hides a model failing on a stain."""
+    groups: dict[str, dict[str, Mapping[str, float]]] = {}
+    for sample_id, scores in per_image.items():
+        groups.setdefault(kinds[sample_id], {})[sample_id] = scores
+    return {kind: aggregate(groups[kind]) for kind in sorted(groups)}

@@ -3,9 +3,12 @@
     from edgeseg.segmenter import load_segmenter
     segmenter = load_segmenter()              # the built-in default model
     labels = segmenter.segment(image)         # uint16 (H, W), 0 = background
+    labels = segmenter.segment(image, diameter=70)  # nuclei ~70 px across, unlike DSB's
 
 Every path to labels (CLI, benchmarks, export checks) goes through `Segmenter.segment`:
 normalise once, predict probabilities tile by tile, post-process once on the full map.
+With ``diameter``, the image is first rescaled so its nuclei have the size the model was
+trained on (edgeseg.rescale) and the labels come back at the image's own shape.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import numpy as np
 
 from edgeseg.backends import Backend, load_backend
 from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize
+from edgeseg.rescale import segment_at_diameter
 from edgeseg.tiling import TileSettings, predict_tiled
 
 
@@ -51,8 +56,16 @@ class Segmenter:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
         return predict_tiled(self.backend, normalize(image), self.tiles)
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels."""
+    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels.
+
+        ``diameter``: typical nucleus diameter in ``image``, in pixels, when it differs from
+        the training data's (the manifest's ``nucleus_diameter``); None segments as is.
+        """
+        if diameter is not None:
+            return segment_at_diameter(
+                self.segment, image, diameter, self.manifest, self.settings.min_area
+            )
         probabilities = self.predict_probabilities(image)
         return instances_from_probabilities(
             probabilities[..., 0], probabilities[..., 1], self.settings
@@ -68,14 +81,23 @@ def load_segmenter(
     overlap: int | None = None,
     batch_size: int | None = None,
     allow_rejected: bool = False,
-) -> Segmenter:
+) -> Segmenter | MaskRCNNSegmenter:
     """Load a built-in model by name (None: the default) or an exported artifact by path.
 
     ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
     threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling. An artifact
     that failed its export accuracy gate is refused unless ``allow_rejected`` (benchmarks).
+    A Mask R-CNN (three graphs) is named by its manifest, ``.../model/maskrcnn.json``; it
+    segments whole images, so the tiling options do not apply to it.
     """
     artifact = resolve_model(model)
+    if artifact.suffix.lower() == ".json":  # a multi-graph model, named by its manifest
+        if (tile, overlap, batch_size) != (None, None, None):
+            raise ValueError(
+                f"{artifact}: Mask R-CNN segments whole images; tile, overlap and batch size "
+                "do not apply"
+            )
+        return load_maskrcnn(artifact, backend=backend, threads=threads)
     manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
     verification = manifest.get("verification", {})
     if verification.get("status") == "rejected" and not allow_rejected:

@@ -26,7 +26,6 @@ from typing import Any
 
 from edgeseg.batch import (
     DONE_DIR,
-    SUMMARY_NAME,
     BatchError,
     BatchPlan,
     BatchSettings,
@@ -68,7 +67,7 @@ class FolderWatcher:
     """What one watched folder holds: images done, images settling, images that failed.
 
     Raises BatchError, like `edgeseg segment`, when OUT is inside the folder or holds
-    results for these images made with another model, page or channel.
+    results for these images made with another model, page, channel or diameter.
     """
 
     def __init__(
@@ -123,7 +122,7 @@ class FolderWatcher:
             signature = _signature(job.source)
             if signature is not None:
                 self._tracked[job.source.resolve()] = _Tracked(job, signature, now)
-        write_summary(self.settings.output / SUMMARY_NAME, self.results)
+        write_summary(self.settings, self.results)
 
     def _job(self, path: Path) -> ImageJob:
         resolved = path.resolve()

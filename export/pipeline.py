@@ -28,7 +28,7 @@ from edgeseg.segmenter import load_segmenter
 from edgeseg.tiling import TileSettings
 from export.calibration import Calibration, calibration_tiles
 from export.targets import TARGETS, Target
-from export.verify import Reference, skipped, source_segmenter, verify
+from export.verify import Reference, held_out_evaluation, skipped, source_segmenter, verify
 
 PREPROCESS = {"name": "percentile-gray", "version": 1, "function": "edgeseg.preprocess.normalize"}
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert", "tensorrt")
@@ -37,7 +37,7 @@ RUNS_DIR = Path("training") / "runs"
 #: Manifest sections an engine inherits from the TensorRT-ready ONNX it is built from.
 INHERITED = (
     "name", "model", "target", "precision", "input", "output", "tile", "preprocess",
-    "postprocess", "quantization", "calibration",
+    "postprocess", "nucleus_diameter", "quantization", "calibration",
 )  # fmt: skip
 
 
@@ -114,6 +114,8 @@ class Exporter:
         calibration_label: str = "given samples",
         validation_samples: Sequence[Sample] | None = None,
         validation_label: str = "given samples",
+        test_samples: Sequence[Sample] | None = None,
+        test_label: str = "given samples",
     ) -> None:
         calibration_ids = {sample.id for sample in calibration_samples or ()}
         shared = calibration_ids & {sample.id for sample in validation_samples or ()}
@@ -129,6 +131,8 @@ class Exporter:
         self._calibration_label = calibration_label
         self._validation_samples = validation_samples
         self._validation_label = validation_label
+        self._test_samples = test_samples
+        self._test_label = test_label
         self.source_sha256 = file_sha256(self.source)
         # Intermediate models shared by the targets; removed with the exporter.
         self._scratch = tempfile.TemporaryDirectory(prefix="edgeseg-export-")
@@ -167,7 +171,7 @@ class Exporter:
                 f"which a {self._model.name} needs"
             )
         recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
-        return {
+        manifest = {
             "backend": "keras",
             "sha256": self.source_sha256,
             "tile": {
@@ -179,6 +183,9 @@ class Exporter:
             # thresholds tuned on validation travel with the model (training/tune_postprocess.py)
             "postprocess": recorded.get("postprocess", PostprocessSettings().to_dict()),
         }
+        if "nucleus_diameter" in recorded:  # the training nuclei's size, for segment --diameter
+            manifest["nucleus_diameter"] = recorded["nucleus_diameter"]
+        return manifest
 
     @cached_property
     def calibration(self) -> Calibration:
@@ -235,6 +242,8 @@ class Exporter:
             "preprocess": self.source_manifest["preprocess"],
             "postprocess": self.source_manifest["postprocess"],
         }
+        if "nucleus_diameter" in self.source_manifest:  # absent from older models' manifests
+            fields["nucleus_diameter"] = self.source_manifest["nucleus_diameter"]
         if quantization:
             fields["quantization"] = quantization
         if target.quantized:
@@ -310,12 +319,18 @@ class Exporter:
         return outcome
 
     def _verified(self, path: Path, fields: dict[str, Any]) -> Artifact:
-        """Write the manifest, run the artifact through the runtime, record the verdict."""
+        """Write the manifest, run the artifact through the runtime, record the verdict and,
+        when test images are given, the artifact's held-out test scores."""
         write_manifest(path, **fields, tools=tool_versions(), verification={"status": "pending"})
         if self.reference is None:
             verification = skipped("no validation images given: accuracy not checked")
         else:
             verification = verify(load_segmenter(path), self.reference, self.settings.max_drop)
+        if self._test_samples:
+            segmenter = load_segmenter(path, allow_rejected=True)
+            fields["evaluation"] = held_out_evaluation(
+                segmenter, self._test_samples, self._test_label
+            )
         write_manifest(path, **fields, tools=tool_versions(), verification=verification)
         return Artifact(path, read_manifest(path))
 

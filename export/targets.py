@@ -55,15 +55,12 @@ def missing_modules(modules: tuple[str, ...]) -> list[str]:
     return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
-def resolve_targets(name: str, engine_buildable: bool) -> list[Target]:
-    """The targets ``name`` stands for; ``all`` is every target this machine can produce
-    (TensorRT ones only where an engine can be built)."""
+def resolve_targets(name: str) -> list[Target]:
+    """The targets ``name`` stands for; ``all`` is every target whose converters are installed.
+    TensorRT targets are always in it: their TensorRT-ready ONNX is written anywhere, and the
+    engine is built only where TensorRT and a GPU exist (elsewhere the command says how)."""
     if name != "all":
         if name not in TARGETS:
             raise KeyError(f"unknown target {name!r}; choose one of {', '.join(TARGET_CHOICES)}")
         return [TARGETS[name]]
-    return [
-        target
-        for target in TARGETS.values()
-        if not missing_modules(target.needs) and (target.stage != "tensorrt" or engine_buildable)
-    ]
+    return [target for target in TARGETS.values() if not missing_modules(target.needs)]

@@ -23,6 +23,8 @@ from edgeseg.tiling import TileSettings
 #: A drop of more than --max-drop points in either of these rejects an artifact.
 GATED = ("pixel_iou", "dsb_score")
 REPORTED = ("pixel_iou", "dsb_score", "ap50")
+#: What the held-out evaluation records: every column of the survey-style results table.
+EVALUATED = ("pixel_iou", "mean_iou_2class", "pixel_accuracy", "dsb_score", "ap50", "f1_50")
 
 
 def source_segmenter(source: Path, manifest: Mapping[str, Any]) -> Segmenter:
@@ -76,6 +78,16 @@ def verify(candidate: Segmenter, reference: Reference, max_drop: float) -> dict[
         "artifact": {key: scores[key] for key in REPORTED},
         "change_points": change,
     }
+
+
+def held_out_evaluation(
+    candidate: Segmenter, samples: Sequence[Sample], data: str
+) -> dict[str, Any]:
+    """The artifact's own scores on held-out test images, recorded so anyone can re-measure
+    them with `edgeseg segment` + `edgeseg eval`. Reported only: nothing is chosen on them."""
+    per_image = {s.id: score_image(s.labels, candidate.segment(s.image)) for s in samples}
+    scores = aggregate(per_image)
+    return {"data": data, "images": len(per_image)} | {key: scores[key] for key in EVALUATED}
 
 
 def skipped(reason: str) -> dict[str, Any]:

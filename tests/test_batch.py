@@ -35,9 +35,11 @@ class ThresholdSegmenter:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls = 0
+        self.diameters: list[float | None] = []
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
         self.calls += 1
+        self.diameters.append(diameter)
         time.sleep(self.delay)
         gray = image if image.ndim == 2 else image[..., 0]
         _, labels = cv2.connectedComponents((gray > 100).astype(np.uint8))
@@ -188,3 +190,32 @@ def test_pipeline_overlaps_and_holds_few_images(
     assert reader_threads == {"edgeseg-reader"}
     # 2 decoded ahead + 1 in inference + 2 queued for writing + 1 being written (+1 in hand)
     assert 2 <= peak[0] <= 2 * batch.PREFETCH + 3
+
+
+def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 2)
+    jobs = discover_images([tmp_path / "in"])
+    sized = {**MANIFEST, "nucleus_diameter": {"median_px": 18.0}}
+    plain = BatchSettings(output=tmp_path / "out")
+    assert "diameter" not in plain.fingerprint(sized)  # results made before --diameter resume
+    settings = BatchSettings(output=tmp_path / "out", diameter=60.0)
+    assert settings.fingerprint(sized) == {
+        **plain.fingerprint(sized),
+        "diameter": 60.0,
+        "model_diameter": 18.0,
+    }
+    segmenter = ThresholdSegmenter()
+    segmenter.manifest = sized
+    run_batch(segmenter, plan_batch(jobs, settings, sized), settings)
+    assert segmenter.diameters == [60.0, 60.0]
+    assert [row["diameter_px"] for row in _summary(tmp_path / "out")] == ["60", "60"]
+    marker = json.loads((tmp_path / "out" / ".edgeseg-done" / "img00.json").read_text())
+    assert marker["settings"]["diameter"] == 60.0
+    assert len(plan_batch(jobs, settings, sized).skipped) == 2
+    for other, manifest in (
+        (plain, sized),  # the same model without --diameter
+        (BatchSettings(output=tmp_path / "out", diameter=30.0), sized),
+        (settings, {**sized, "nucleus_diameter": {"median_px": 25.0}}),  # regenerated manifest
+    ):
+        with pytest.raises(BatchError, match="other settings.*diameter.*--overwrite"):
+            plan_batch(jobs, other, manifest)

@@ -208,3 +208,19 @@ def test_eval_on_real_test_split_matches_reference(dsb_root, tmp_path):
     for key, value in reference.items():
         assert written["aggregate"][key] == pytest.approx(value, abs=1e-6), key
     assert 0.2 < written["aggregate"]["dsb_score"] < 0.9  # the perturbations did bite
+
+
+def test_scores_are_also_grouped_by_imaging_modality():
+    from edgeseg.evaluate import by_kind
+
+    per_image = {
+        "a": {"pixel_iou": 0.9, "dsb_score": 0.6},
+        "b": {"pixel_iou": 0.5, "dsb_score": 0.2},
+        "c": {"pixel_iou": 0.7, "dsb_score": 0.4},
+    }
+    kinds = {"a": "fluorescence", "b": "stained", "c": "fluorescence"}
+    groups = by_kind(per_image, kinds)
+    assert sorted(groups) == ["fluorescence", "stained"]
+    assert groups["fluorescence"]["pixel_iou"] == pytest.approx(0.8)
+    assert groups["fluorescence"]["images"] == 2
+    assert groups["stained"]["dsb_score"] == pytest.approx(0.2)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
-from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.manifest import ManifestError, read_manifest, write_manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
@@ -27,6 +27,8 @@ pytestmark = [
 ]
 
 TILE = 32
+#: What training/nucleus_size.py recorded in the source's manifest; every export carries it.
+NUCLEUS_DIAMETER = {"median_px": 12.5, "images": 6, "source": "synthetic", "method": "test"}
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 TARGET_NAMES = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8")
 #: Largest |probability| difference from Keras, per precision.
@@ -42,6 +44,7 @@ def _samples(prefix: str, shapes: list[tuple[int, int]], seed: int) -> list[Samp
 
 TRAIN = _samples("t", [(64, 64)] * 6 + [(24, 40)], seed=100)  # one smaller than a tile
 VALIDATION = _samples("v", [(64, 64), (48, 80), (70, 52)], seed=200)
+TEST = _samples("x", [(64, 64), (56, 72)], seed=300)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("run") / "tiny" / "model.keras"  # exports are "tiny-..."
     path.parent.mkdir()
     model.save(path)
+    write_manifest(path, nucleus_diameter=NUCLEUS_DIAMETER)
     return path
 
 
@@ -100,6 +104,8 @@ def exporter(source: Path, tmp_path_factory: pytest.TempPathFactory):
         ExportSettings(tile=TILE, overlap=8, calib_images=12, max_drop=5.0),
         calibration_samples=TRAIN,
         validation_samples=VALIDATION,
+        test_samples=TEST,
+        test_label="synthetic test",
     )
 
 
@@ -127,6 +133,7 @@ def test_artifact_runs_in_the_runtime_like_keras(name: str, outcomes: dict, kera
     assert manifest["tile"] == {"size": TILE, "overlap": 8, "multiple": 16}  # a U-Net's
     assert manifest["input"]["shape"][1:] == [TILE, TILE, 1]
     assert {"tensorflow", "keras"} <= set(manifest["tools"])
+    assert manifest["nucleus_diameter"] == NUCLEUS_DIAMETER
     verification = manifest["verification"]
     assert verification["status"] == "passed" and verification["images"] == len(VALIDATION)
 
@@ -143,6 +150,14 @@ def test_artifact_runs_in_the_runtime_like_keras(name: str, outcomes: dict, kera
         assert verification["mask_agreement"] > 0.9
 
 
+def test_tensorrt_artifacts_carry_the_training_nucleus_size(outcomes: dict) -> None:
+    from export.pipeline import INHERITED
+
+    onnx_ready = outcomes["trt-int8"].artifacts[0]
+    assert onnx_ready.manifest["nucleus_diameter"] == NUCLEUS_DIAMETER
+    assert "nucleus_diameter" in INHERITED  # the engine built from it, on a TensorRT machine
+
+
 def test_int8_manifest_records_training_calibration(outcomes: dict, exporter) -> None:
     for name in ("tflite-int8", "onnx-int8"):
         manifest = outcomes[name].artifacts[0].manifest
@@ -153,6 +168,21 @@ def test_int8_manifest_records_training_calibration(outcomes: dict, exporter) ->
         assert manifest["quantization"]["weights"].startswith("int8, per-channel")
     tensor_in = outcomes["tflite-int8"].artifacts[0].manifest["input"]
     assert tensor_in["dtype"] == "int8" and tensor_in["quantization"]["scale"] > 0
+
+
+def test_manifest_test_scores_are_what_the_runtime_scores(outcomes: dict) -> None:
+    """The manifest's held-out numbers are exactly what re-running the artifact gives."""
+    from edgeseg.metrics import aggregate, score_image
+    from edgeseg.segmenter import load_segmenter
+
+    artifact = outcomes["onnx-int8"].artifacts[0]
+    recorded = artifact.manifest["evaluation"]
+    segmenter = load_segmenter(artifact.path)
+    scores = aggregate({s.id: score_image(s.labels, segmenter.segment(s.image)) for s in TEST})
+    assert recorded["data"] == "synthetic test" and recorded["images"] == len(TEST)
+    for key in ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class"):
+        assert recorded[key] == pytest.approx(scores[key], abs=1e-9)
+    assert scores["pixel_iou"] > 0.5  # a real model on real-looking nuclei, not all zeros
 
 
 def test_tensorrt_int8_graph_is_symmetric_qdq_with_float_bias(outcomes: dict) -> None:

@@ -1,5 +1,5 @@
 """Mask R-CNN: the numpy runtime pieces on hand-made cases, the TF training pieces against
-them, and a tiny end-to-end train -> checkpoint -> numpy/ONNX inference run."""
+them, and ONNX graphs through the model manifest (training runs: test_maskrcnn_cli.py)."""
 
 from __future__ import annotations
 
@@ -225,65 +225,17 @@ def test_overlapping_masks_are_resolved_by_score() -> None:
 
 
 @pytest.mark.tensorflow
-def test_tiny_model_trains_resumes_and_segments(tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
-    from edgeseg.data.dataset import Sample
-    from edgeseg.preprocess import normalize
-    from training.augment import AugmentConfig
-    from training.maskrcnn.config import MaskRCNNTrainConfig
-    from training.maskrcnn.train import train
-
-    config = MaskRCNNTrainConfig(
-        runtime=replace(MaskRCNNConfig(), score_threshold=0.0, roi_batch=16),
-        stem_width=4,
-        widths=(8, 8, 16, 16),
-        fpn_channels=8,
-        box_head_units=16,
-        mask_head_channels=8,
-        rpn_batch_per_image=64,
-        rois_per_image=16,
-        mask_rois_per_image=4,
-        batch_size=2,
-        steps=2,
-        warmup_steps=1,
-        checkpoint_every=1,
-        augment=AugmentConfig(crop=64),
-    )
-    samples = [Sample(str(s), *synthetic_nuclei((80, 96), seed=s)) for s in (1, 2)]
-    trainer = train(config, samples, tmp_path)
-    log = (tmp_path / "log.csv").read_text().splitlines()
-    assert len(log) == 3 and all(math.isfinite(float(v)) for v in log[-1].split(","))
-    assert {p.name for p in tmp_path.glob("*.keras")} == {
-        "stage1.keras",
-        "box_head.keras",
-        "mask_head.keras",
-    }
-
-    resumed = train(config, samples, tmp_path, resume=True)  # already done: restore only
-    assert int(resumed.step.numpy()) == 2
-    for ours, theirs in zip(trainer.variables, resumed.variables, strict=True):
-        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-
-    image = normalize(synthetic_nuclei((70, 90), seed=5)[0])
-    labels = trainer.runtime().segment(image)
-    assert labels.dtype == np.uint16 and labels.shape == (70, 90)
-
-
-@pytest.mark.tensorflow
-def test_exported_onnx_graphs_match_keras_through_the_numpy_runtime() -> None:
+def test_exported_onnx_graphs_match_keras_through_the_numpy_runtime(tmp_path: Path) -> None:
+    """ONNX graphs plug into the same manifest and runtime as the Keras ones."""
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
-    import onnxruntime
 
     from edgeseg.maskrcnn import MaskRCNN
+    from edgeseg.maskrcnn_model import GRAPHS, keras_stage, write_maskrcnn_manifest
     from edgeseg.preprocess import normalize
+    from edgeseg.segmenter import load_segmenter
     from training.maskrcnn.config import MaskRCNNTrainConfig
-    from training.maskrcnn.model import (
-        build_box_head,
-        build_mask_head,
-        build_stage1,
-        keras_stage,
-    )
+    from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
 
     runtime = replace(MaskRCNNConfig(), score_threshold=0.0, roi_batch=8)
     config = MaskRCNNTrainConfig(
@@ -291,8 +243,8 @@ def test_exported_onnx_graphs_match_keras_through_the_numpy_runtime() -> None:
     )
     models = [build_stage1(config), build_box_head(config), build_mask_head(config)]
     shapes = [(None, None, None, 1), (8, 7, 7, 8), (8, 14, 14, 8)]
-    exported = []
-    for model, shape in zip(models, shapes, strict=True):
+    graphs = {}
+    for name, model, shape in zip(GRAPHS, models, shapes, strict=True):
         names = model.output_names
 
         def named(x, model=model, names=names):
@@ -300,18 +252,20 @@ def test_exported_onnx_graphs_match_keras_through_the_numpy_runtime() -> None:
 
         spec = tf.TensorSpec(shape, tf.float32, name="input")
         proto, _ = tf2onnx.convert.from_function(tf.function(named), [spec], opset=17)
-        session = onnxruntime.InferenceSession(proto.SerializeToString())
-        outputs = [output.name for output in session.get_outputs()]
+        outputs = [output.name for output in proto.graph.output]
         assert sorted(outputs) == sorted(names)  # output names survive export
-        exported.append(
-            lambda x, s=session, o=outputs: dict(zip(o, s.run(None, {"input": x}), strict=True))
-        )
-    image = normalize(synthetic_nuclei((70, 90), seed=6)[0])
-    onnx_found = MaskRCNN(runtime, *exported).detect(image)
-    keras_found = MaskRCNN(runtime, *(keras_stage(m) for m in models)).detect(image)
+        graphs[name] = tmp_path / f"{name}.onnx"
+        graphs[name].write_bytes(proto.SerializeToString())
+    manifest = write_maskrcnn_manifest(tmp_path / "maskrcnn.json", runtime, graphs, "onnx")
+    segmenter = load_segmenter(manifest)
+    assert segmenter.backend.name == "onnx"
+    image = synthetic_nuclei((70, 90), seed=6)[0]
+    onnx_found = segmenter.model.detect(normalize(image))
+    keras_found = MaskRCNN(runtime, *(keras_stage(m) for m in models)).detect(normalize(image))
     assert len(onnx_found.boxes) == len(keras_found.boxes) > 0
     np.testing.assert_allclose(onnx_found.boxes, keras_found.boxes, atol=1e-3)
     np.testing.assert_allclose(onnx_found.masks, keras_found.masks, atol=1e-4)
+    assert segmenter.segment(image).dtype == np.uint16
 
 
 def test_box_iou_of_hand_made_boxes() -> None:

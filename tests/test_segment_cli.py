@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -256,18 +257,60 @@ def test_help_teaches(tmp_path: Path) -> None:
     assert result.exit_code == 0
     for text in ("_labels.tif", "_nuclei.csv", "summary.csv", "--overwrite", "Resume", "a__X"):
         assert text in result.output
+    words = " ".join(result.output.split())
+    assert "--diameter PX Typical nucleus diameter in your images, in pixels" in words
+    assert "(the model's value is in its manifest" in words and "DSB-like images" in words
     (limit,) = [param for param in segment.params if param.name == "max_megapixels"]
     assert f"[default: {DEFAULT_MAX_MEGAPIXELS:g}]" in limit.help
     assert CliRunner().invoke(main, ["segment", "-o", str(tmp_path)]).exit_code == 2
+
+
+def test_diameter_rescales_and_is_part_of_resume(tmp_path: Path) -> None:
+    sized = threshold_model(tmp_path / "model" / "sized.onnx", nucleus_diameter=18.0)
+    (tmp_path / "in").mkdir()
+    image = cv2.resize(_gray(0), (192, 192), interpolation=cv2.INTER_LINEAR)  # nuclei x2
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), image)
+    out = tmp_path / "out"
+    result = _run(sized, tmp_path / "in", "-o", out, "--diameter", "36")
+    assert result.exit_code == 0, result.output
+    assert "nuclei of 36 px rescaled x0.5 (the model's are 18 px)" in result.stderr
+    labels = tifffile.imread(out / "a_labels.tif")
+    segmenter = load_segmenter(sized, threads=1)
+    np.testing.assert_array_equal(labels, segmenter.segment(image, diameter=36))
+    assert not np.array_equal(labels, segmenter.segment(image))
+    assert _summary(out)[0]["diameter_px"] == "36"
+    marker = json.loads((out / ".edgeseg-done" / "a.json").read_text())
+    assert (marker["settings"]["diameter"], marker["settings"]["model_diameter"]) == (36, 18)
+
+    again = _run(sized, tmp_path / "in", "-o", out, "--diameter", "36")
+    assert again.exit_code == 0 and _summary(out)[0]["status"] == "skipped"
+    for options in ([], ["--diameter", "50"]):
+        refused = _run(sized, tmp_path / "in", "-o", out, *options)
+        assert refused.exit_code == 1
+        assert "other settings" in refused.output and "diameter 36.0" in refused.output
+    assert _run(sized, tmp_path / "in", "-o", out, "--overwrite").exit_code == 0
+    assert _summary(out)[0]["diameter_px"] == ""
+
+
+def test_diameter_needs_a_model_that_recorded_one(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", "40")
+    assert result.exit_code == 1
+    assert "--diameter 40: model 'threshold-test' records no nucleus_diameter" in result.output
+    assert not (tmp_path / "out").exists()
+    for bad in ("0", "-3"):
+        refused = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", bad)
+        assert refused.exit_code == 2 and "--diameter" in refused.output
 
 
 SLOW_RUN = """
 import sys, time
 import edgeseg.segmenter as s
 segment = s.Segmenter.segment
-def slow(self, image):
+def slow(self, image, diameter=None):
     time.sleep(0.25)
-    return segment(self, image)
+    return segment(self, image, diameter)
 s.Segmenter.segment = slow
 from edgeseg.cli import main
 main(sys.argv[1:])

@@ -84,7 +84,16 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     ):
         assert (run / name).is_file(), name
     from edgeseg.segmenter import load_segmenter
+    from training.manifest import write_model_manifest
+    from training.nucleus_size import median_nucleus_diameter
 
+    manifest = json.loads((run / "model.keras.json").read_text())
+    measured = median_nucleus_diameter(s.labels for s in samples[:3])  # the training samples
+    assert manifest["nucleus_diameter"]["median_px"] == round(measured[0], 2)
+    assert manifest["nucleus_diameter"]["images"] == 3
+    write_model_manifest(run)  # re-written without the data at hand: the measurement stays
+    recorded = json.loads((run / "model.keras.json").read_text())["nucleus_diameter"]
+    assert recorded == manifest["nucleus_diameter"]
     labels = load_segmenter(run / "model.keras").segment(samples[3].image)
     assert labels.shape == samples[3].image.shape and labels.dtype == np.uint16
     with pytest.raises(FileExistsError):

@@ -44,9 +44,9 @@ class Recording:
         self.manifest = self.inner.manifest
         self.seen: list[np.ndarray] = []
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
         self.seen.append(image.copy())
-        return self.inner.segment(image)
+        return self.inner.segment(image, diameter)
 
 
 def _gray(seed: int) -> np.ndarray:
@@ -177,9 +177,9 @@ SLOW_WATCH = """
 import sys, time
 import edgeseg.segmenter as s
 segment = s.Segmenter.segment
-def slow(self, image):
+def slow(self, image, diameter=None):
     time.sleep(0.3)
-    return segment(self, image)
+    return segment(self, image, diameter)
 s.Segmenter.segment = slow
 from edgeseg.cli import main
 main(sys.argv[1:])
@@ -272,3 +272,21 @@ def test_once_on_an_empty_folder_and_help_teaches(tmp_path: Path, model: Path) -
     help_text = CliRunner().invoke(main, ["watch", "--help"]).output
     for text in ("--settle", "--once", "SIGTERM", "edgeseg watch", "--overlay", "--model"):
         assert text in help_text
+    assert "--diameter PX" in help_text and "Typical nucleus diameter" in help_text
+
+
+def test_diameter_reaches_the_watcher_and_its_records(tmp_path: Path) -> None:
+    sized = threshold_model(tmp_path / "model" / "sized.onnx", nucleus_diameter=18.0)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    image = cv2.resize(_gray(0), (192, 192), interpolation=cv2.INTER_LINEAR)
+    folder.mkdir()
+    cv2.imwrite(str(folder / "A.png"), image)
+    args = ["watch", str(folder), "-o", str(out), "--settle", "0", "--once", "--interval", "0.05"]
+    result = CliRunner().invoke(main, [*args, "--model", str(sized), "--diameter", "36"])
+    assert result.exit_code == 0, result.output
+    assert "rescaled x0.5" in result.output
+    expected = load_segmenter(sized, threads=1).segment(image, diameter=36)
+    np.testing.assert_array_equal(tifffile.imread(out / "A_labels.tif"), expected)
+    assert _summary(out)["A"]["diameter_px"] == "36"
+    again = CliRunner().invoke(main, [*args, "--model", str(sized)])  # without --diameter
+    assert again.exit_code == 1 and "diameter 36.0" in again.output

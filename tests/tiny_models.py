@@ -17,8 +17,14 @@ from onnx import TensorProto, helper
 from edgeseg.manifest import write_manifest
 
 
-def threshold_model(path: Path, steepness: float = 20.0, tile: int | None = None) -> Path:
-    """Write ``path`` (.onnx, NHWC float32 in, NHWC 2-channel probabilities out) + manifest."""
+def threshold_model(
+    path: Path,
+    steepness: float = 20.0,
+    tile: int | None = None,
+    nucleus_diameter: float | None = None,
+) -> Path:
+    """Write ``path`` (.onnx, NHWC float32 in, NHWC 2-channel probabilities out) + manifest;
+    ``nucleus_diameter`` is recorded as the training nuclei's size, for --diameter."""
     size = tile if tile else None
     nodes = [
         helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -64,6 +70,11 @@ def threshold_model(path: Path, steepness: float = 20.0, tile: int | None = None
         tile={"size": tile or 256, "overlap": 32, "multiple": 1},
         preprocess={"name": "percentile-gray", "version": 1},
         postprocess={"foreground_threshold": 0.5, "boundary_threshold": 0.5, "min_area": 8},
+        **(
+            {}
+            if nucleus_diameter is None
+            else {"nucleus_diameter": {"median_px": nucleus_diameter, "source": "test"}}
+        ),
     )
     return path
 

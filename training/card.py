@@ -31,20 +31,11 @@ def _percent(value: float | None, key: str) -> str:
     return f"{value:.2f}" if key == "count_abs_error" else f"{100 * value:.2f} %"
 
 
-def _selected_epoch(run_dir: Path, state: dict) -> str:
+def _selected_epoch(state: dict) -> str:
     """Which epoch's weights the run ships, and on what it was chosen (validation only)."""
-    selection = run_dir / "selection.json"
-    if selection.is_file():
-        chosen = json.loads(selection.read_text())
-        epoch = chosen["candidates"][chosen["chosen"]]["epoch"]
-        return (
-            f"shipped weights: epoch {epoch}, chosen between the best epoch by the training-time "
-            "validation score and the last epoch after tuning post-processing on validation "
-            "(selection.json, postprocess.json)"
-        )
     return (
         f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
-        "DSB score)"
+        "DSB score), post-processing thresholds then tuned on validation (postprocess.json)"
     )
 
 
@@ -64,10 +55,9 @@ def render_card(run_dir: Path) -> str:
         if path.is_file():
             evaluations[split] = json.loads(path.read_text())["aggregate"]
     validation = evaluations.get("validation", state.get("best_metrics", {}))
-    selection = run_dir / "selection.json"
-    if selection.is_file():  # scored with the tuned post-processing the model ships with
-        chosen = json.loads(selection.read_text())
-        validation = chosen["candidates"][chosen["chosen"]]["validation"]
+    tuned = run_dir / "postprocess.json"
+    if tuned.is_file():  # scored with the tuned post-processing the model ships with
+        validation = json.loads(tuned.read_text())["validation"]
     lines = [
         f"# Model card: {config.model}",
         "",
@@ -81,7 +71,7 @@ def render_card(run_dir: Path) -> str:
         f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
         f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
         f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
-        f"float32; {_selected_epoch(run_dir, state)}.",
+        f"float32; {_selected_epoch(state)}.",
         f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
         "(CPU only, shared with other work during the run).",
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
@@ -96,6 +86,17 @@ def render_card(run_dir: Path) -> str:
             for s in splits
         ]
         lines.append(f"| {title} | " + " | ".join(values) + " |")
+    test_by_kind = {}
+    if (run_dir / "eval_test.json").is_file():
+        test_by_kind = json.loads((run_dir / "eval_test.json").read_text()).get("by_kind", {})
+    if test_by_kind:
+        lines += ["", "Test split by imaging modality (edgeseg.preprocess.image_kind):", ""]
+        lines += ["| modality | images | pixel IoU | DSB score | AP50 |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {kind} | {group['images']} | {_percent(group['pixel_iou'], 'pixel_iou')} | "
+            f"{_percent(group['dsb_score'], 'dsb_score')} | {_percent(group['ap50'], 'ap50')} |"
+            for kind, group in test_by_kind.items()
+        ]
     lines += [
         "",
         "Numbers are per-image means (edgeseg.metrics). Test numbers come from "

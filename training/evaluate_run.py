@@ -23,13 +23,22 @@ from training.split import load_split
 
 
 def evaluate_run(run_dir: Path, data_root: Path, split: str, cache_dir: Path) -> dict:
-    ids = load_split()[split]
+    """Training ids are scored on the copy the run trained on, validation ids on the original
+    stage1_train masks (what training validated and selected on)."""
     segmenter = load_segmenter(run_dir / "model.keras")
-    samples = load_dataset(data_root / "stage1_train", cache_dir, ids=ids)
+    config = json.loads((run_dir / "config.json").read_text())
+    copy = config.get("data_copy", "stage1_train") if split == "train" else "stage1_train"
+    wanted = set(load_split()[split])  # the fixed copy lacks 6 unusable training images
+    samples = [s for s in load_dataset(data_root / copy, cache_dir) if s.id in wanted]
     per_image = {
         s.id: score_image(s.labels, segmenter.segment(s.image)) for s in tqdm(samples, unit="img")
     }
-    return {"aggregate": aggregate(per_image), "per_image": per_image, "split": split}
+    return {
+        "aggregate": aggregate(per_image),
+        "per_image": per_image,
+        "split": split,
+        "data": copy,
+    }
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from edgeseg.manifest import write_manifest
+from edgeseg.manifest import manifest_path, read_manifest, write_manifest
 from edgeseg.postprocess import PostprocessSettings
 from training.config import TrainConfig
 
@@ -22,8 +23,12 @@ def postprocess_settings(run_dir: Path) -> PostprocessSettings:
     return PostprocessSettings()
 
 
-def write_model_manifest(run_dir: Path) -> Path:
-    """Write ``model.keras.json`` for the best model of the run in ``run_dir``."""
+def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None = None) -> Path:
+    """Write ``model.keras.json`` for the best model of the run in ``run_dir``.
+
+    ``nucleus_diameter`` is the training nuclei's size (training/nucleus_size.py); when the
+    caller has no data at hand to measure it, the value already in the manifest is kept.
+    """
     import keras
 
     from training.complexity import conv_flops
@@ -32,8 +37,12 @@ def write_model_manifest(run_dir: Path) -> Path:
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    artifact = run_dir / "model.keras"
+    if nucleus_diameter is None and manifest_path(artifact).is_file():
+        nucleus_diameter = read_manifest(artifact, verify=False).get("nucleus_diameter")
+    measured = {} if nucleus_diameter is None else {"nucleus_diameter": nucleus_diameter}
     return write_manifest(
-        run_dir / "model.keras",
+        artifact,
         name=f"{config.model}-keras-fp32",
         model=config.model,
         backend="keras",
@@ -51,4 +60,5 @@ def write_model_manifest(run_dir: Path) -> Path:
             "best_epoch": state["best_epoch"],
             "validation": state.get("best_metrics", {}),
         },
+        **measured,
     )

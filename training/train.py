@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind, normalize
 from training.augment import random_crop
 from training.config import TrainConfig
+from training.data_loading import load_train_validation
 from training.manifest import write_model_manifest
-from training.split import load_split
+from training.nucleus_size import nucleus_diameter_record, training_source
 
 
 def selection_score(metrics: dict[str, float]) -> float:
@@ -100,12 +101,7 @@ def train(
     """Train (or resume) on DSB2018 stage1 with the fixed split; returns the final state."""
     if resume and (run_dir / "config.json").is_file():
         config = TrainConfig.from_file(run_dir / "config.json")
-    split = load_split()
-    train_ids = set(split["train"])
-    train_samples = [
-        s for s in load_dataset(data_root / config.data_copy, cache_dir) if s.id in train_ids
-    ]
-    validation = load_dataset(data_root / "stage1_train", cache_dir, ids=split["validation"])
+    train_samples, validation = load_train_validation(data_root, config.data_copy, cache_dir)
     return train_on_samples(config, train_samples, validation, run_dir, resume, verbose)
 
 
@@ -147,6 +143,7 @@ def train_on_samples(
 
     images = [normalize(s.image) for s in train_samples]
     labels = [s.labels for s in train_samples]
+    diameter = nucleus_diameter_record(labels, training_source(config.data_copy))
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
     tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
 
@@ -180,7 +177,7 @@ def train_on_samples(
             )
             state_path.write_text(json.dumps(state, indent=2) + "\n")
             if improved:
-                write_model_manifest(run_dir)
+                write_model_manifest(run_dir, diameter)
 
     dataset = _crop_dataset(config, images, labels, weights, state["epoch"])
     callbacks = [

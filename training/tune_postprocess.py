@@ -5,7 +5,8 @@
 Probabilities are predicted once per validation image (runtime pipeline, Keras backend),
 then every setting of a small grid is scored; the best by the training selection score
 (mean of pixel IoU and DSB score) is written to ``postprocess.json`` and into the model's
-manifest, from which every export inherits it. stage1_test is never looked at.
+manifest, with the training nuclei's measured size (training/nucleus_size.py), from which
+every export inherits both. stage1_test is never looked at.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from edgeseg.metrics import aggregate, score_image
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.segmenter import load_segmenter
 from training.manifest import write_model_manifest
+from training.nucleus_size import measure_run
 from training.split import load_split
 from training.train import selection_score
 
 GRID = {
-    "foreground_threshold": (0.5, 0.6, 0.7),
-    "boundary_threshold": (0.15, 0.3, 0.5),
-    "min_seed_area": (0, 10),
-    "min_area": (16, 32),
+    "foreground_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
+    "boundary_threshold": (0.1, 0.15, 0.3, 0.5),
+    "min_seed_area": (0, 10, 20),
+    "min_area": (16, 32, 48),
 }
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     result = tune(args.run_dir, args.data, args.cache_dir)
     (args.run_dir / "postprocess.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_model_manifest(args.run_dir)
+    write_model_manifest(args.run_dir, measure_run(args.run_dir, args.data, args.cache_dir))
     print(
         f"chosen {result['chosen']}: validation "
         + ", ".join(

@@ -29,6 +29,12 @@ def summary_lines(result: dict) -> list[str]:
     width = max(len(label) for _, label in SUMMARY_ROWS)
     lines += [f"{label:<{width}}  {100 * scores[key]:6.2f}%" for key, label in SUMMARY_ROWS]
     lines.append(f"{'nucleus count error':<{width}}  {scores['count_abs_error']:6.2f} per image")
+    for kind, group in result.get("by_kind", {}).items():
+        lines.append(
+            f"{kind + ':':<13} {group['images']:3d} images, pixel IoU "
+            f"{100 * group['pixel_iou']:.2f}%, DSB {100 * group['dsb_score']:.2f}%, "
+            f"AP50 {100 * group['ap50']:.2f}%"
+        )
     return lines
 
 

@@ -27,7 +27,8 @@ EXIT_REJECTED = 4
     required=True,
     metavar="TARGET",
     help="tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, trt-fp16, trt-int8, or "
-    "all (every target this machine can produce).",
+    "all (every one of them; trt-* write the TensorRT-ready ONNX everywhere and build the "
+    "engine only where TensorRT and a GPU exist, else exit status 3).",
 )
 @click.option(
     "--data",
@@ -48,6 +49,14 @@ EXIT_REJECTED = 4
     "--verify-images",
     type=click.IntRange(min=1),
     help="Verify on only the first N validation images [default: all].",
+)
+@click.option(
+    "--evaluate-test/--no-evaluate-test",
+    default=True,
+    show_default=True,
+    help="Also score every artifact on DATA/stage1_test (the held-out test split, when present) "
+    "and record the numbers in its manifest under 'evaluation', so they can be re-measured "
+    "with `edgeseg segment` + `edgeseg eval`. They are reported only, never used to decide.",
 )
 @click.option(
     "--max-drop",
@@ -93,6 +102,7 @@ def export(
     data_root: Path | None,
     calib_images: int,
     verify_images: int | None,
+    evaluate_test: bool,
     max_drop: float,
     out_dir: Path | None,
     tile: int,
@@ -126,10 +136,9 @@ def export(
         resolve_source,
     )
     from export.targets import missing_modules, resolve_targets
-    from export.tensorrt import engine_unavailable
 
     try:
-        targets = resolve_targets(target, engine_buildable=engine_unavailable() is None)
+        targets = resolve_targets(target)
     except KeyError as error:
         raise click.BadParameter(error.args[0], param_hint="--target") from error
     try:
@@ -151,6 +160,8 @@ def export(
         samples: dict[str, Any] = {}
         if data_root is not None:
             samples = _split_samples(data_root, split_file, cache_dir, verify_images)
+            if evaluate_test:
+                samples |= _test_samples(data_root, cache_dir)
         exporter = Exporter(
             source,
             out_dir or default_out_dir(source),
@@ -168,7 +179,7 @@ def export(
             outcome = exporter.export(each)
             outcomes.append(outcome)
             for artifact in outcome.artifacts:
-                click.echo(f"{each.name}: {_summary(artifact.path, artifact.verification)}")
+                click.echo(f"{each.name}: {_summary(artifact.path, artifact.manifest)}")
             if outcome.engine_missing:
                 written = f"wrote {outcome.artifacts[0].path}; " if outcome.artifacts else ""
                 click.echo(
@@ -201,14 +212,29 @@ def _split_samples(
     validation = [by_id[i] for i in split["validation"]][:verify_images]
     return {
         "calibration_samples": [by_id[i] for i in split["train"]],
-        "calibration_label": f"{folder} training split",
+        "calibration_label": f"{data_root.name}/{folder.name} training split",
         "validation_samples": validation,
-        "validation_label": f"{folder} validation split, first {len(validation)} images",
+        "validation_label": f"{data_root.name}/{folder.name} validation split, "
+        f"first {len(validation)} images",
     }
 
 
-def _summary(path: Path, verification: dict[str, Any]) -> str:
-    """One line: the file, its size and the gate's numbers."""
+def _test_samples(data_root: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """DATA/stage1_test with its released masks, if the folder is there."""
+    from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+
+    folder = data_root / "stage1_test"
+    if not folder.is_dir():
+        return {}
+    return {
+        "test_samples": load_dataset(folder, cache_dir or DEFAULT_CACHE_DIR),
+        "test_label": f"{data_root.name}/{folder.name}",
+    }
+
+
+def _summary(path: Path, manifest: dict[str, Any]) -> str:
+    """One line: the file, its size, the gate's numbers and any held-out test numbers."""
+    verification = manifest["verification"]
     head = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); verification "
     if verification["status"] == "skipped":
         return head + "SKIPPED (no --data)"
@@ -225,5 +251,11 @@ def _summary(path: Path, verification: dict[str, Any]) -> str:
         line += (
             f"; {' and '.join(verification['failed'])} fell more than "
             f"{verification['max_drop_points']} points: file kept, manifest marked rejected"
+        )
+    if "evaluation" in manifest:
+        test = manifest["evaluation"]
+        line += (
+            f"; held-out {test['data']} ({test['images']} images): pixel IoU "
+            f"{100 * test['pixel_iou']:.2f}%, DSB {100 * test['dsb_score']:.2f}%"
         )
     return head + line

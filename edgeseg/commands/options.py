@@ -21,3 +21,12 @@ split_option = click.option(
     show_default=True,
     help="Which stage1_* folder of --data to use; ignored for a dataset folder.",
 )
+
+diameter_option = click.option(
+    "--diameter",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="PX",
+    help="Typical nucleus diameter in your images, in pixels; images are rescaled so nuclei "
+    "match the size the model was trained on (the model's value is in its manifest, "
+    "nucleus_diameter). Leave unset for DSB-like images.",
+)

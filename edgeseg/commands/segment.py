@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import click
 
 from edgeseg.backends import BACKENDS
+from edgeseg.commands.options import diameter_option
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
+    from edgeseg.maskrcnn_model import MaskRCNNSegmenter
     from edgeseg.segmenter import Segmenter
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
@@ -51,6 +53,7 @@ SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
     type=click.IntRange(min=16),
     help="Tile edge in pixels for models that take any size [default: the model's, e.g. 256].",
 )
+@diameter_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
 @click.option("--overwrite", is_flag=True, help="Redo every image, replacing earlier results.")
@@ -80,6 +83,7 @@ def segment(
     channel: int | None,
     page: int | None,
     tile: int | None,
+    diameter: float | None,
     threads: int | None,
     overlay: bool,
     overwrite: bool,
@@ -111,7 +115,7 @@ def segment(
     Resume: run the same command again after an interruption or a crash: images whose
     outputs are complete are skipped (summary.csv says "skipped"), the others are done.
     Results are never replaced without --overwrite, and OUT holding results of another
-    model, --channel or --page is refused. Bookkeeping lives in OUT/.edgeseg-done/.
+    model, --channel, --page or --diameter is refused. Bookkeeping lives in OUT/.edgeseg-done/.
 
     \b
     A file that cannot be read fails alone: named on stderr and in summary.csv, and the
@@ -122,6 +126,7 @@ def segment(
       edgeseg segment --samples -o out/
       edgeseg segment plate1/ plate2/ -o results/ --overlay
       edgeseg segment stack.ome.tif --channel 0 --page 12 -o results/
+      edgeseg segment 40x_scans/ -o results/ --diameter 80
       edgeseg segment images/ -o results/ --model exported/unet.onnx --threads 4
     """
     from tqdm import tqdm
@@ -150,20 +155,25 @@ def segment(
         overlay=overlay,
         overwrite=overwrite,
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
+        diameter=diameter,
     )
     try:
         check_output_folder(output, inputs)
         jobs = discover_images(inputs)
     except BatchError as error:
         raise click.ClickException(str(error)) from error
-    segmenter = load_segmenter_or_fail(model, backend, threads, tile)
+    segmenter = load_segmenter_or_fail(model, backend, threads, tile, diameter)
     try:
         plan = plan_batch(jobs, settings, segmenter.manifest)
     except BatchError as error:
         raise click.ClickException(str(error)) from error
 
     name = segmenter.manifest.get("name", "?")
-    click.echo(f"{len(jobs)} images; model {name} on {segmenter.backend.name}", err=True)
+    click.echo(
+        f"{len(jobs)} images; model {name} on {segmenter.backend.name}"
+        f"{diameter_note(segmenter, diameter)}",
+        err=True,
+    )
     if plan.skipped:
         click.echo(
             f"{len(plan.skipped)} already done in {output} are skipped "
@@ -193,12 +203,36 @@ def segment(
 
 
 def load_segmenter_or_fail(
-    model: str | None, backend: str | None, threads: int | None, tile: int | None
-) -> Segmenter:
-    """Load the model for a command; any reason it cannot load becomes one clear CLI error."""
+    model: str | None,
+    backend: str | None,
+    threads: int | None,
+    tile: int | None,
+    diameter: float | None = None,
+) -> Segmenter | MaskRCNNSegmenter:
+    """Load the model for a command; any reason it cannot load, or cannot serve --diameter
+    (no nucleus size in its manifest), becomes one clear CLI error before any image is read."""
+    from edgeseg.rescale import diameter_scale
     from edgeseg.segmenter import load_segmenter
 
     try:
-        return load_segmenter(model, backend=backend, threads=threads, tile=tile)
+        segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
     except (LookupError, ValueError, RuntimeError, OSError) as error:
         raise click.ClickException(f"cannot load the model: {error}") from error
+    if diameter is not None:
+        try:
+            diameter_scale(segmenter.manifest, diameter)
+        except ValueError as error:
+            raise click.ClickException(f"--diameter {diameter:g}: {error}") from error
+    return segmenter
+
+
+def diameter_note(segmenter: Segmenter | MaskRCNNSegmenter, diameter: float | None) -> str:
+    """How --diameter rescales images, for the line a command prints when it starts."""
+    if diameter is None:
+        return ""
+    from edgeseg.rescale import diameter_scale, recorded_diameter, rescales
+
+    scale = diameter_scale(segmenter.manifest, diameter)
+    action = f"rescaled x{scale:.3g}" if rescales(scale) else "not rescaled"
+    model = recorded_diameter(segmenter.manifest)
+    return f"; nuclei of {diameter:g} px {action} (the model's are {model:g} px)"

@@ -1,12 +1,17 @@
-"""`edgeseg train`: full-precision Keras training (needs the `train` extra)."""
+"""`edgeseg train`: full-precision Keras training (needs the `train` extra).
+
+The semantic models (simple_cnn, unet, resnet) train by epochs (training/train.py), Mask
+R-CNN by steps (training/maskrcnn/train.py); both on the same data and validation split.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-MODELS = ("simple_cnn", "unet", "resnet")
+MODELS = ("simple_cnn", "unet", "resnet", "maskrcnn")
 
 
 @click.command()
@@ -25,7 +30,7 @@ MODELS = ("simple_cnn", "unet", "resnet")
     "run_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Run folder: config, log.csv, checkpoint.keras, model.keras.",
+    help="Run folder: config.json, log.csv, state.json, checkpoints and the best model.",
 )
 @click.option(
     "--config",
@@ -33,14 +38,22 @@ MODELS = ("simple_cnn", "unet", "resnet")
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A config.json to start from (e.g. a committed run's).",
 )
-@click.option("--epochs", type=int, help="Total epochs (overrides the config).")
-@click.option("--steps", type=int, help="Steps per epoch (overrides the config).")
+@click.option("--epochs", type=int, help="Total epochs (overrides the config; not maskrcnn).")
+@click.option(
+    "--steps",
+    type=int,
+    help="Steps per epoch; for maskrcnn the total steps (overrides the config).",
+)
 @click.option(
     "--data-copy",
     type=click.Choice(["stage1_train", "stage1_train_fixed"]),
     help="Which training copy to read (validation ids are the same in both).",
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint, with its stored config.json.",
+)
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -60,30 +73,80 @@ def train(
     """Train MODEL on DSB2018 stage1 with the fixed train/validation split.
 
     Random crops with flips, rotations, rescaling and intensity changes are drawn from the
-    training ids; after every epoch the model is scored on the validation ids (never on
-    stage1_test), the best one is saved as OUT/model.keras and a checkpoint is written so an
-    interrupted run continues with --resume. Uses an NVIDIA GPU when TensorFlow sees one.
+    training ids; the model is scored on the validation ids (never on stage1_test) through the
+    same pipeline as `edgeseg segment`, the best one is kept, and checkpoints let an
+    interrupted run continue with --resume. Uses an NVIDIA GPU when TensorFlow sees one.
 
-    Example: edgeseg train --model unet --data /data/dsb2018 --out training/runs/unet
+    simple_cnn, unet, resnet: validated after every epoch; the best model is OUT/model.keras.
+
+    maskrcnn: trains for --steps steps (default 12000), checkpoints every 250 and validates
+    every 1000 (config fields checkpoint_every, validate_every); the best model is
+    OUT/model/maskrcnn.json with its three graphs, which `edgeseg segment --model` takes.
+
+    \b
+    Examples:
+      edgeseg train --model unet --data /data/dsb2018 --out training/runs/unet
+      edgeseg train --model maskrcnn --data /data/dsb2018 --out training/runs/maskrcnn
+      edgeseg train --model maskrcnn --data /data/dsb2018 --out training/runs/maskrcnn --resume
     """
+    if model_name == "maskrcnn" and epochs is not None:
+        raise click.UsageError("maskrcnn trains by steps: use --steps for the total")
+    if resume and (run_dir / "config.json").is_file() and (config_file or epochs or steps):
+        click.echo(
+            f"resuming with {run_dir / 'config.json'}; --config/--epochs/--steps ignored",
+            err=True,
+        )
+    from edgeseg.data.cache import DEFAULT_CACHE_DIR
+
+    cache_dir = cache_dir or DEFAULT_CACHE_DIR
+    if model_name == "maskrcnn":
+        _train_maskrcnn(data_root, run_dir, config_file, steps, data_copy, resume, cache_dir)
+        return
     try:
         from training.config import TrainConfig
         from training.train import train as run_training
     except ImportError as error:
-        raise click.ClickException(
-            f"training needs TensorFlow and Keras: pip install 'edgeseg[train]' ({error})"
-        ) from error
-    from edgeseg.data.cache import DEFAULT_CACHE_DIR
-
+        raise _missing_train_extra(error) from error
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig(model=model_name)
     config.model = model_name
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("data_copy", data_copy)):
         if value is not None:
             setattr(config, name, value)
-    state = run_training(
-        config, data_root, run_dir, resume=resume, cache_dir=cache_dir or DEFAULT_CACHE_DIR
-    )
+    state = run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
     click.echo(
         f"epoch {state['epoch']}: best validation score {state['best_score']:.4f} "
         f"at epoch {state['best_epoch']}; model in {run_dir / 'model.keras'}"
+    )
+
+
+def _train_maskrcnn(
+    data_root: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    steps: int | None,
+    data_copy: str | None,
+    resume: bool,
+    cache_dir: Path,
+) -> None:
+    try:
+        from training.maskrcnn.config import MaskRCNNTrainConfig
+        from training.maskrcnn.manifest import model_manifest
+        from training.maskrcnn.train import train as run_training
+    except ImportError as error:
+        raise _missing_train_extra(error) from error
+    config = MaskRCNNTrainConfig.from_file(config_file) if config_file else MaskRCNNTrainConfig()
+    for name, value in (("steps", steps), ("data_copy", data_copy)):
+        if value is not None:
+            setattr(config, name, value)
+    run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
+    state = json.loads((run_dir / "state.json").read_text())
+    click.echo(
+        f"step {state['step']}: best validation score {state['best_score']:.4f} at step "
+        f"{state['best_step']}; model in {model_manifest(run_dir)}"
+    )
+
+
+def _missing_train_extra(error: ImportError) -> click.ClickException:
+    return click.ClickException(
+        f"training needs TensorFlow and Keras: pip install 'edgeseg[train]' ({error})"
     )

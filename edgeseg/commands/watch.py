@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from edgeseg.commands.segment import load_segmenter_or_fail, segment
+from edgeseg.commands.segment import diameter_note, load_segmenter_or_fail, segment
 
 # Options with exactly `edgeseg segment`'s meaning, shared so the two never drift apart.
 SHARED_OPTIONS = (
@@ -20,6 +20,7 @@ SHARED_OPTIONS = (
     "channel",
     "page",
     "tile",
+    "diameter",
     "threads",
     "overlay",
     "label_format",
@@ -75,6 +76,7 @@ def watch(
     channel: int | None,
     page: int | None,
     tile: int | None,
+    diameter: float | None,
     threads: int | None,
     overlay: bool,
     label_format: str,
@@ -103,6 +105,7 @@ def watch(
       edgeseg watch /srv/edgeseg/in -o /srv/edgeseg/out
       edgeseg watch D:\\scans -o D:\\results --settle 15 --overlay
       edgeseg watch incoming/ -o results/ --model exported/unet.onnx --once
+      edgeseg watch /srv/edgeseg/in -o /srv/edgeseg/out --diameter 80
     """
     from edgeseg.batch import BatchError, BatchSettings, ImageResult, summary_lines
     from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
@@ -115,8 +118,9 @@ def watch(
         label_format=label_format,
         overlay=overlay,
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
+        diameter=diameter,
     )
-    segmenter = load_segmenter_or_fail(model, backend, threads, tile)
+    segmenter = load_segmenter_or_fail(model, backend, threads, tile, diameter)
     try:
         watcher = FolderWatcher(folder, segmenter, settings, settle)
     except BatchError as error:
@@ -142,7 +146,8 @@ def watch(
     name = segmenter.manifest.get("name", "?")
     _log(
         f"watching {folder} every {interval:g} s (files taken once unchanged for {settle:g} s) "
-        f"with model {name} on {segmenter.backend.name}; results in {output}"
+        f"with model {name} on {segmenter.backend.name}{diameter_note(segmenter, diameter)}; "
+        f"results in {output}"
     )
     if not once:
         _log("stop with Ctrl-C or SIGTERM: the image in progress is finished first")

@@ -7,10 +7,7 @@ graph; all outputs are logits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import keras
-import numpy as np
 from keras import layers
 
 from training.maskrcnn.config import MaskRCNNTrainConfig
@@ -113,17 +110,3 @@ def build_mask_head(config: MaskRCNNTrainConfig) -> keras.Model:
     )(x)
     logits = layers.Conv2D(runtime.num_classes, 1, name="mask_logits")(x)
     return keras.Model(inputs, logits, name="maskrcnn_mask_head")
-
-
-def keras_stage(model: keras.Model):
-    """Adapt a Keras model to the runtime's stage interface: array in, name -> array out."""
-
-    def run(batch: np.ndarray) -> Mapping[str, np.ndarray]:
-        outputs = model(batch, training=False)
-        if not isinstance(outputs, list | tuple):
-            outputs = [outputs]
-        return {
-            name: np.asarray(value) for name, value in zip(model.output_names, outputs, strict=True)
-        }
-
-    return run

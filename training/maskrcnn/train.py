@@ -1,17 +1,25 @@
 """Train Mask R-CNN end to end from (image, instance labels) pairs; resumable by step.
 
 `MaskRCNNTrainer.train_step` is one seeded optimisation step on a batch of crops;
-`train` is the small loop around it. Run folder (``training/runs/<name>/``):
+`train_on_samples` is the loop around it, `train` the same on DSB2018 with the fixed split.
+Every ``validate_every`` steps the whole validation images go through the NumPy runtime (what
+ships) and are scored like the semantic models (training.train.selection_score). Run folder
+(``training/runs/<name>/``):
   config.json     the exact MaskRCNNTrainConfig
-  log.csv         mean losses per checkpoint interval, learning rate, seconds
+  log.csv         per checkpoint interval: mean losses, learning rate, validation metrics
+                  (where validated; same columns as the semantic models), cumulative seconds
+  state.json      last step, best validation score, step and metrics, wall time, machine
   checkpoints/    tf.train checkpoints of the three graphs, optimizer and step (for resume)
-  stage1.keras, box_head.keras, mask_head.keras   the graphs at the last checkpoint
+  model/          the best graphs on validation and maskrcnn.json (training.maskrcnn.manifest)
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -19,18 +27,28 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
+from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
 from edgeseg.maskrcnn import MaskRCNN
-from edgeseg.preprocess import normalize
+from edgeseg.maskrcnn_model import keras_stage
+from edgeseg.metrics import aggregate, score_image
+from edgeseg.preprocess import image_kind, normalize
+from training.data_loading import load_train_validation
 from training.maskrcnn.config import MaskRCNNTrainConfig
 from training.maskrcnn.data import instance_crop
 from training.maskrcnn.losses import head_losses, mask_loss, rpn_losses
-from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1, keras_stage
+from training.maskrcnn.manifest import save_model
+from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
 from training.maskrcnn.roi_align import roi_align
 from training.maskrcnn.targets import batch_targets
+from training.train import _sampling_weights, selection_score
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "classification", "box", "mask")
+LOSS_NAMES_TOTAL = (*LOSS_NAMES, "total")
+VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
+VALIDATION_COLUMNS = (*(f"val_{key}" for key in VALIDATION_KEYS), "val_selection_score")
 _TARGET_TYPES = [tf.int32, tf.float32, tf.float32, tf.int32, tf.int32, tf.float32, tf.float32]
 _TARGET_TYPES += [tf.float32, tf.int32, tf.int32, tf.float32, tf.float32]
 
@@ -172,43 +190,117 @@ def _image_indices(images: tf.Tensor, per_image: int) -> tf.Tensor:
     return tf.repeat(tf.range(tf.shape(images)[0]), per_image)
 
 
+def validate(trainer: MaskRCNNTrainer, validation: list[Sample]) -> dict[str, float]:
+    """Mean metrics of whole validation images segmented by the NumPy runtime."""
+    runtime = trainer.runtime()
+    per_image = {
+        sample.id: score_image(sample.labels, runtime.segment(normalize(sample.image)))
+        for sample in validation
+    }
+    return aggregate(per_image)
+
+
 def train(
-    config: MaskRCNNTrainConfig, samples: list[Sample], run_dir: Path, resume: bool = False
+    config: MaskRCNNTrainConfig,
+    data_root: Path,
+    run_dir: Path,
+    resume: bool = False,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
 ) -> MaskRCNNTrainer:
-    """Train (or resume) for ``config.steps`` steps; checkpoints and logs every interval."""
+    """Train (or resume) on DSB2018 stage1 with the fixed split (training.data_loading)."""
+    config = _run_config(config, run_dir, resume)
+    samples, validation = load_train_validation(data_root, config.data_copy, cache_dir)
+    return train_on_samples(config, samples, validation, run_dir, resume)
+
+
+def train_on_samples(
+    config: MaskRCNNTrainConfig,
+    samples: list[Sample],
+    validation: list[Sample],
+    run_dir: Path,
+    resume: bool = False,
+) -> MaskRCNNTrainer:
+    """Train (or resume) the run in ``run_dir`` for ``config.steps`` steps; see module doc."""
+    if not validation:
+        raise ValueError("no validation samples: the best model could never be chosen")
     try:
         tf.config.threading.set_intra_op_parallelism_threads(config.threads)
         tf.config.threading.set_inter_op_parallelism_threads(config.threads)
     except RuntimeError:  # TensorFlow already running in this process: keep its pools
         pass
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        config = MaskRCNNTrainConfig.from_file(run_dir / "config.json")
-    elif (run_dir / "config.json").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it or use a new folder")
-    else:
+    config = _run_config(config, run_dir, resume)
+    if not (run_dir / "config.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(config.to_json())
+    state_path = run_dir / "state.json"
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+    else:
+        state = {"step": 0, "best_score": -1.0, "best_step": None, "wall_seconds": 0.0}
     trainer = MaskRCNNTrainer(config)
     manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints", 2)
     if resume and manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     images = [normalize(s.image) for s in samples]
     labels = [s.labels for s in samples]
-    totals, started = dict.fromkeys((*LOSS_NAMES, "total"), 0.0), time.time()
-    while (step := int(trainer.step.numpy())) < config.steps:
-        losses = trainer.train_step(*crop_batch(images, labels, config, step))
-        totals = {name: totals[name] + losses[name] for name in totals}
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            interval = (step % config.checkpoint_every) + 1
-            row = {"step": step + 1, "learning_rate": learning_rate(config, step)}
-            row |= {name: value / interval for name, value in totals.items()}
-            row["seconds"] = time.time() - started
+    weights = _sampling_weights([image_kind(s.image) for s in samples])
+    totals, count, started = dict.fromkeys(LOSS_NAMES_TOTAL, 0.0), 0, time.time()
+    step = int(trainer.step.numpy())
+    with tqdm(total=config.steps, initial=step, unit="step", mininterval=10) as bar:
+        while (step := int(trainer.step.numpy())) < config.steps:
+            losses = trainer.train_step(*crop_batch(images, labels, config, step, weights))
+            totals, count = {name: totals[name] + losses[name] for name in totals}, count + 1
+            bar.update()
+            bar.set_postfix(loss=f"{losses['total']:.3f}", refresh=False)
+            done = step + 1
+            validating = done % config.validate_every == 0 or done == config.steps
+            if not validating and done % config.checkpoint_every:
+                continue
+            row = {"step": done, "learning_rate": learning_rate(config, step)}
+            row |= {name: value / count for name, value in totals.items()}
+            row |= dict.fromkeys(VALIDATION_COLUMNS, "")
+            if validating:
+                row |= _validate_and_select(trainer, validation, run_dir, state, done)
+            state["wall_seconds"] += time.time() - started
+            row["seconds"] = state["wall_seconds"]
+            state["step"] = done
+            state["machine"] = (
+                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            )
+            manager.save(checkpoint_number=done)
+            state_path.write_text(json.dumps(state, indent=2) + "\n")
             _append_log(run_dir / "log.csv", row)
-            manager.save(checkpoint_number=step + 1)
-            for name in ("stage1", "box_head", "mask_head"):
-                getattr(trainer, name).save(run_dir / f"{name}.keras")
-            totals, started = dict.fromkeys(totals, 0.0), time.time()
+            totals, count, started = dict.fromkeys(totals, 0.0), 0, time.time()
     return trainer
+
+
+def _validate_and_select(
+    trainer: MaskRCNNTrainer, validation: list[Sample], run_dir: Path, state: dict, step: int
+) -> dict[str, float]:
+    """Validate, keep the model if it is the best so far; the log's validation columns."""
+    metrics = validate(trainer, validation)
+    score = selection_score(metrics)
+    if score > state["best_score"]:
+        state.update(best_score=score, best_step=step, best_metrics=metrics)
+        save_model(trainer, run_dir, state)
+    tqdm.write(
+        f"step {step}: validation pixel IoU {metrics['pixel_iou']:.4f}, DSB score "
+        f"{metrics['dsb_score']:.4f}, selection {score:.4f} (best {state['best_score']:.4f} "
+        f"at step {state['best_step']})"
+    )
+    columns = {f"val_{key}": metrics[key] for key in VALIDATION_KEYS}
+    return {**columns, "val_selection_score": score}
+
+
+def _run_config(config: MaskRCNNTrainConfig, run_dir: Path, resume: bool) -> MaskRCNNTrainConfig:
+    """A resumed run keeps its stored config (the schedule depends on it); a new one needs a
+    fresh folder."""
+    path = run_dir / "config.json"
+    if resume and path.is_file():
+        return MaskRCNNTrainConfig.from_file(path)
+    if path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it or use a new folder")
+    return config
 
 
 def _append_log(path: Path, row: dict) -> None:

@@ -1,0 +1,115 @@
+"""Cellpose-style ``diameter``: segment nuclei much bigger or smaller than a model knows.
+
+A network only finds nuclei of about the size it was trained on: its manifest's
+``nucleus_diameter.median_px``, measured on its training labels (training/nucleus_size.py).
+Given the typical nucleus diameter in the user's images, the image is resized so its nuclei
+have that size, segmented, and the labels are resized back to the image's own shape. Both
+segmenters (U-Net family and Mask R-CNN) share this one implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
+from edgeseg.postprocess import relabel_sequential
+
+#: Scales this close to 1 change nothing worth a resize: the image is segmented as it is.
+TOLERANCE = 0.05
+#: A rescaled image smaller than this on a side has nothing left to segment.
+MIN_SIDE = 16
+#: Enlarging past this is refused (inference needs about 60 bytes per pixel).
+MAX_MEGAPIXELS = DEFAULT_MAX_MEGAPIXELS
+#: Pixel types cv2.resize takes; others are resized as float32 (normalisation makes them so).
+_RESIZABLE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def recorded_diameter(manifest: Mapping[str, Any]) -> float | None:
+    """The model's typical training nucleus diameter in pixels, or None if not recorded."""
+    record = manifest.get("nucleus_diameter")
+    value = record.get("median_px") if isinstance(record, Mapping) else None
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+def diameter_scale(manifest: Mapping[str, Any], diameter: float) -> float:
+    """The factor that gives nuclei of ``diameter`` px the size the model was trained on.
+
+    Refuses a non-positive diameter, and a model whose manifest records no diameter (made
+    before edgeseg measured it): guessing the training size would silently misscale.
+    """
+    if not (math.isfinite(diameter) and diameter > 0):
+        raise ValueError(
+            f"the nucleus diameter must be a positive number of pixels, got {diameter}"
+        )
+    model = recorded_diameter(manifest)
+    if model is None:
+        name = manifest.get("name") or manifest.get("artifact") or "this model"
+        raise ValueError(
+            f"model {name!r} records no nucleus_diameter in its manifest (it predates that "
+            "field), so images cannot be rescaled to its nucleus size; leave the diameter "
+            "unset, or use a model whose manifest was regenerated or re-exported with it"
+        )
+    return model / diameter
+
+
+def rescales(scale: float) -> bool:
+    """Whether a scale is far enough from 1 to be worth a resize."""
+    return abs(scale - 1) > TOLERANCE
+
+
+def segment_at_diameter(
+    segment: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    diameter: float,
+    manifest: Mapping[str, Any],
+    min_area: int,
+) -> np.ndarray:
+    """Labels of ``image`` (raw, (H, W) or (H, W, C)) whose nuclei are ``diameter`` px across.
+
+    ``segment`` segments at the model's own scale; its labels are brought back with
+    nearest-neighbour resizing to exactly (H, W), then renumbered 1..N with instances under
+    ``min_area`` pixels (slivers of the resize) dropped.
+    """
+    scale = diameter_scale(manifest, diameter)
+    if not rescales(scale):
+        return segment(image)
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 order: (W, H)
+    _check_size(size, (width, height), scale, diameter)
+    source = image if image.dtype in _RESIZABLE else image.astype(np.float32)
+    resized = cv2.resize(
+        source, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    if image.ndim == 3 and resized.ndim == 2:  # cv2 drops a single channel axis
+        resized = resized[..., None]
+    labels = segment(resized)
+    # NEAREST_EXACT samples pixel centres like AREA/LINEAR; plain NEAREST shifts labels by
+    # up to half a source pixel towards the bottom right.
+    restored = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return relabel_sequential(restored, min_area)
+
+
+def _check_size(
+    size: tuple[int, int], original: tuple[int, int], scale: float, diameter: float
+) -> None:
+    """Refuse a rescaled image too small to hold a nucleus, or too large to fit in memory."""
+    width, height = size
+    pixels = width * height
+    if min(size) >= MIN_SIDE and pixels <= max(MAX_MEGAPIXELS * 1e6, math.prod(original)):
+        return
+    problem = (
+        f"smaller than {MIN_SIDE} pixels a side"
+        if min(size) < MIN_SIDE
+        else f"more than {MAX_MEGAPIXELS:g} megapixels"
+    )
+    raise ValueError(
+        f"nuclei {diameter:g} px across need this {original[0]}x{original[1]} image rescaled "
+        f"x{scale:.3g} to {width}x{height}, {problem}: check the diameter (pixels of this image)"
+    )
