@@ -229,3 +229,22 @@ def test_tensorrt_engine_matches_opencv_reference(onnx_model: Path) -> None:
     write_manifest(engine, backend="tensorrt", input={"name": "image"})
     batch = np.random.default_rng(6).random((3, 64, 48, 1), dtype=np.float32)
     np.testing.assert_allclose(load_backend(engine).predict(batch), _reference(batch), atol=1e-4)
+
+
+@pytest.mark.tensorflow
+def test_keras_backend_runs_bilinear_upsampling_on_any_tile_shape() -> None:
+    """Tiles change shape with the image (narrow images get narrow tiles); the resnet's
+    bilinear UpSampling2D once failed on the third shape when Keras retraced it."""
+    keras = pytest.importorskip("keras")
+    from edgeseg.backends.keras import KerasBackend
+
+    inputs = keras.Input((None, None, 1))
+    hidden = keras.layers.Conv2D(2, 3, strides=2, padding="same")(inputs)
+    hidden = keras.layers.UpSampling2D(2, interpolation="bilinear")(hidden)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="sigmoid")(hidden))
+    backend = KerasBackend.from_model(model)
+    for shape in ((1, 32, 32), (1, 32, 16), (2, 16, 48), (1, 48, 32)):
+        batch = np.random.default_rng(0).random((*shape, 1), np.float32)
+        output = backend.predict(batch)
+        assert output.shape == (*shape, 2)
+        np.testing.assert_allclose(output, np.asarray(model(batch)), atol=1e-6)

@@ -52,4 +52,7 @@ class KerasBackend(Backend):
         self.input_size = (height, width) if height and width else None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model.predict_on_batch(batch))
+        # An eager call, not predict_on_batch: its tf.function retraces with unknown H and W
+        # once tile shapes vary (images narrower than a tile), and bilinear UpSampling2D
+        # cannot run on unknown sizes.
+        return np.asarray(self._model(batch, training=False))
