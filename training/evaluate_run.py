@@ -16,20 +16,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.segmenter import load_segmenter
-from training.split import load_split
+from training.config import TrainConfig
+from training.data_loading import load_train_validation
 
 
 def evaluate_run(run_dir: Path, data_root: Path, split: str, cache_dir: Path) -> dict:
     """Training ids are scored on the copy the run trained on, validation ids on the original
     stage1_train masks (what training validated and selected on)."""
     segmenter = load_segmenter(run_dir / "model.keras")
-    config = json.loads((run_dir / "config.json").read_text())
-    copy = config.get("data_copy", "stage1_train") if split == "train" else "stage1_train"
-    wanted = set(load_split()[split])  # the fixed copy lacks 6 unusable training images
-    samples = [s for s in load_dataset(data_root / copy, cache_dir) if s.id in wanted]
+    data_copy = TrainConfig.from_file(run_dir / "config.json").data_copy
+    train_samples, validation = load_train_validation(data_root, data_copy, cache_dir)
+    samples, copy = (train_samples, data_copy) if split == "train" else (validation, "stage1_train")
     per_image = {
         s.id: score_image(s.labels, segmenter.segment(s.image)) for s in tqdm(samples, unit="img")
     }

@@ -29,6 +29,14 @@ from training.data_loading import load_train_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import nucleus_diameter_record, training_source
 
+#: The validation metrics every run logs (as ``val_<key>``), semantic models and Mask R-CNN.
+VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
+
+
+def machine_description() -> str:
+    """What a run's state.json says it ran on."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
 
 def selection_score(metrics: dict[str, float]) -> float:
     """What 'best on validation' means: mean of pixel IoU and DSB score (both matter)."""
@@ -160,7 +168,7 @@ def train_on_samples(
                 for sample in validation
             }
             metrics = aggregate(per_image)
-            for key in ("pixel_iou", "mean_iou_2class", "dsb_score", "ap50", "f1_50"):
+            for key in VALIDATION_KEYS:
                 logs[f"val_{key}"] = metrics[key]
             score = selection_score(metrics)
             logs["val_selection_score"] = score
@@ -172,9 +180,7 @@ def train_on_samples(
                 state.update(best_score=score, best_epoch=epoch + 1, best_metrics=metrics)
                 _atomic_save(inference_copy(self.model), run_dir / "model.keras")
             _atomic_save(self.model, checkpoint_path)
-            state["machine"] = (
-                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-            )
+            state["machine"] = machine_description()
             state_path.write_text(json.dumps(state, indent=2) + "\n")
             if improved:
                 write_model_manifest(run_dir, diameter)

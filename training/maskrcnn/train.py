@@ -18,8 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -43,11 +41,15 @@ from training.maskrcnn.manifest import save_model
 from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
 from training.maskrcnn.roi_align import roi_align
 from training.maskrcnn.targets import batch_targets
-from training.train import _sampling_weights, selection_score
+from training.train import (
+    VALIDATION_KEYS,
+    _sampling_weights,
+    machine_description,
+    selection_score,
+)
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "classification", "box", "mask")
 LOSS_NAMES_TOTAL = (*LOSS_NAMES, "total")
-VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
 VALIDATION_COLUMNS = (*(f"val_{key}" for key in VALIDATION_KEYS), "val_selection_score")
 _TARGET_TYPES = [tf.int32, tf.float32, tf.float32, tf.int32, tf.int32, tf.float32, tf.float32]
 _TARGET_TYPES += [tf.float32, tf.int32, tf.int32, tf.float32, tf.float32]
@@ -264,9 +266,7 @@ def train_on_samples(
             state["wall_seconds"] += time.time() - started
             row["seconds"] = state["wall_seconds"]
             state["step"] = done
-            state["machine"] = (
-                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-            )
+            state["machine"] = machine_description()
             manager.save(checkpoint_number=done)
             state_path.write_text(json.dumps(state, indent=2) + "\n")
             _append_log(run_dir / "log.csv", row)
