@@ -1,8 +1,9 @@
 """Find the (model, target) configurations to benchmark, and say which cannot run here.
 
-A configuration is one artifact beside its manifest (``<artifact>.json``). They are found in
-training run folders (``training/runs/<model>/`` and its ``export/``), in folders given with
-``--artifacts``, and among the built-in models (the default one). Whether one can run is
+A configuration is one artifact beside its manifest (``<artifact>.json``), or a Mask R-CNN:
+one ``maskrcnn.json`` naming its three graphs. They are found in training run folders
+(``training/runs/<model>/``, its ``model/maskrcnn.json`` and its ``export/``), in folders given
+with ``--artifacts``, and among the built-in models (the default one). Whether one can run is
 decided here from cheap checks (is the runtime installed, is there a GPU) so that a missing
 TensorRT becomes a row with a reason, never a crash or a made-up number.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from edgeseg.backends import SUFFIXES
 from edgeseg.backends import artifact_format as _artifact_format
 from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.maskrcnn_model import MANIFEST_NAME, read_maskrcnn_manifest
 
 #: Every export target of the project, in report order.
 TARGETS = (
@@ -37,7 +39,11 @@ _ARTIFACT_SUFFIXES = {suffix for suffixes in SUFFIXES.values() for suffix in suf
 
 @dataclass(frozen=True)
 class Configuration:
-    """One artifact to benchmark; ``unavailable`` is the reason it cannot run here, or None."""
+    """One artifact to benchmark; ``unavailable`` is the reason it cannot run here, or None.
+
+    ``files`` are what the model is made of on disk (its size): the artifact, or the graphs
+    a Mask R-CNN manifest names.
+    """
 
     model: str
     target: str
@@ -45,6 +51,7 @@ class Configuration:
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     backend: str | None = None
     unavailable: str | None = None
+    files: tuple[Path, ...] = field(default=(), compare=False)
 
     @property
     def label(self) -> str:
@@ -88,28 +95,40 @@ def availability(artifact: Path, fmt: str, backend: str | None) -> str | None:
     return None
 
 
+def _model_files(artifact: Path) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
+    """The manifest and the (file, format) the model is made of; the worker's load verifies."""
+    if artifact.name == MANIFEST_NAME:  # a Mask R-CNN: three graphs named by one manifest
+        manifest = read_maskrcnn_manifest(artifact)
+        graphs = manifest["graphs"].values()
+        return manifest, [(artifact.parent / str(g["file"]), str(g["backend"])) for g in graphs]
+    manifest = read_manifest(artifact, verify=False)
+    return manifest, [(artifact, _artifact_format(artifact, manifest))]
+
+
 def configuration(artifact: Path, model: str | None = None) -> Configuration:
     """Describe one artifact: its model (run folder name, else manifest), target, runtime."""
-    manifest = read_manifest(artifact, verify=False)  # the worker's load_backend verifies
-    fmt = _artifact_format(artifact, manifest)
-    target = str(manifest.get("target") or _DEFAULT_TARGET[fmt])
+    manifest, files = _model_files(artifact)
+    fmt = files[0][1]
+    target = str(manifest.get("target") or _DEFAULT_TARGET.get(fmt, fmt))
     if model is None:
         name = str(manifest.get("model") or manifest.get("name") or artifact.stem)
         model = name.removesuffix(f"-{target}")
     # A TensorRT target exported as ONNX runs only through ONNX Runtime's TensorRT provider.
     backend = "onnx-tensorrt" if target.startswith("trt") and fmt == "onnx" else None
-    return Configuration(
-        model, target, artifact, manifest, backend, availability(artifact, fmt, backend)
-    )
+    reasons = (availability(path, file_fmt, backend) for path, file_fmt in files)
+    unavailable = next(filter(None, reasons), None)
+    paths = tuple(path for path, _ in files)
+    return Configuration(model, target, artifact, manifest, backend, unavailable, paths)
 
 
 def manifests_in(folder: Path, recursive: bool = False) -> list[Path]:
-    """Artifacts described by a ``<artifact>.json`` in ``folder`` (config.json etc. skipped)."""
+    """Artifacts described by a ``<artifact>.json`` in ``folder`` (config.json etc. skipped),
+    and Mask R-CNN manifests, which are their model's artifact."""
     paths = folder.rglob("*.json") if recursive else folder.glob("*.json")
     return sorted(
-        path.with_suffix("")
+        path if path.name == MANIFEST_NAME else path.with_suffix("")
         for path in paths
-        if Path(path.stem).suffix.lower() in _ARTIFACT_SUFFIXES
+        if path.name == MANIFEST_NAME or Path(path.stem).suffix.lower() in _ARTIFACT_SUFFIXES
     )
 
 
@@ -117,9 +136,12 @@ def _run_artifacts(runs_dir: Path) -> Iterable[tuple[Path, str | None]]:
     if not runs_dir.is_dir():
         return
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        for folder in (run, run / "export"):
+        for folder in (run, run / "model", run / "export"):
             if folder.is_dir():
                 yield from ((artifact, run.name) for artifact in manifests_in(folder))
+        # Exported Mask R-CNNs are folders of three graphs: export/<target>/maskrcnn.json.
+        if (run / "export").is_dir():
+            yield from ((path, run.name) for path in sorted((run / "export").rglob(MANIFEST_NAME)))
 
 
 def _builtin_default() -> Iterable[tuple[Path, str | None]]:

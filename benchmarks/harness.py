@@ -24,6 +24,7 @@ from benchmarks.complexity import complexity
 from benchmarks.discover import Configuration, discover
 from benchmarks.environment import describe_environment
 from benchmarks.reference import reference_records
+from benchmarks.worker import IMAGE_SIZE
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import SampleRef, find_samples
 from edgeseg.evaluate import evaluate_folder, resolve_split
@@ -130,17 +131,25 @@ def bench_configuration(
         "reason": None,
         "accuracy": scores["aggregate"],
         "per_image": scores["per_image"],
-        "size_bytes": config.artifact.stat().st_size,
+        "size_bytes": sum(path.stat().st_size for path in config.files),
     }
 
 
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx" and path.is_file()
+
+
 def _graphs(config: Configuration, configs: Sequence[Configuration]) -> list[Path]:
-    """ONNX graphs to count parameters/FLOPs on: this artifact, then the model's fp32 ONNX."""
-    own = [config.artifact] if config.artifact.suffix.lower() == ".onnx" else []
+    """ONNX graphs to count parameters/FLOPs on: this artifact, then the model's fp32 ONNX.
+
+    A Mask R-CNN (a manifest over three graphs) has none: its work per image depends on how
+    many nuclei it finds, so a per-tile count would not mean anything.
+    """
+    own = [config.artifact] if _is_onnx(config.artifact) else []
     fp32 = [
         c.artifact
         for c in configs
-        if c.model == config.model and c.target == "onnx-fp32" and c.artifact.is_file()
+        if c.model == config.model and c.target == "onnx-fp32" and _is_onnx(c.artifact)
     ]
     return [*own, *(path for path in fp32 if path != config.artifact)]
 
@@ -173,7 +182,8 @@ def run_bench(
                 config, refs, dataset, settings, Path(scratch) / str(index)
             )
             if record["status"] == "ok":
-                tile = tuple(record["latency"]["model"]["tile"])
+                tiles = record["latency"]["model"]  # None for instance models
+                tile = tuple(tiles["tile"]) if tiles else IMAGE_SIZE
                 record.update(
                     complexity(config.manifest, config.artifact, tile, _graphs(config, configs))
                 )

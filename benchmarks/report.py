@@ -1,7 +1,9 @@
 """bench.json and bench.md: the survey's Table I extended with latency, memory and size.
 
 Unavailable configurations keep their row with the reason and empty cells; the survey's
-published numbers appear as reference rows labelled as not measured here.
+published numbers appear as reference rows labelled as not measured here. Instance models
+(Mask R-CNN) have no tiles: their tile cells say so, and the 256x256 whole-image latency,
+measured for every model, is the column that compares them with the semantic ones.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from edgeseg.imageio import atomic_path
 from edgeseg.models import models_dir
 
 EMPTY = "—"
+NO_TILES = "n/a: whole images"
 MAIN_COLUMNS = (
     "Model",
     "Target",
@@ -28,6 +31,7 @@ MAIN_COLUMNS = (
     "Count err.",
     "Tile ms, b=1 (p95)",
     "Tile ms, best b",
+    "256x256 image ms (p95)",
     "Image ms (p95)",
     "Images/s",
     "Peak RSS MB",
@@ -41,6 +45,7 @@ SPREAD_COLUMNS = (
     "Model",
     "Target",
     "Tile b=1: n, median, p95 ms, rel. IQR",
+    "256x256 image: n, median, p95 ms, rel. IQR",
     "Image: n, median, p95 ms, rel. IQR",
     "First image ms",
     "Load avg. (1 min)",
@@ -90,6 +95,8 @@ def _notes(record: Mapping[str, Any]) -> str:
     builtin = artifact.resolve().parent == models_dir().resolve()
     where = "the built-in default model, " if builtin else ""
     notes = [f"{where}{artifact.name} on {record['backend']}"]
+    if record["latency"]["model"] is None:
+        notes.append("instance model: segments whole images, no tile latency")
     if record["export_check"] == "rejected":
         notes.append("REJECTED by the export accuracy check")
     notes += [f"params/FLOPs from the {source}" for source in sorted(sources)]
@@ -102,8 +109,11 @@ def main_row(record: Mapping[str, Any]) -> list[str]:
     if record["status"] != "ok":
         return [*head, *[EMPTY] * (len(MAIN_COLUMNS) - 3), _notes(record)]
     scores, latency = record["accuracy"], record["latency"]
-    batches = latency["model"]["batches"]
-    best = str(latency["model"]["best_batch"])
+    tiles = [NO_TILES, NO_TILES]
+    if latency["model"] is not None:
+        batches = latency["model"]["batches"]
+        best = str(latency["model"]["best_batch"])
+        tiles = [_timing(batches.get("1")), f"{batches[best]['per_tile_median_ms']:.1f} (b={best})"]
     return [
         *head,
         _pct(scores["pixel_accuracy"]),
@@ -113,8 +123,8 @@ def main_row(record: Mapping[str, Any]) -> list[str]:
         _pct(scores["ap50"]),
         _pct(scores["f1_50"]),
         f"{scores['count_abs_error']:.1f}",
-        _timing(batches.get("1")),
-        f"{batches[best]['per_tile_median_ms']:.1f} (b={best})",
+        *tiles,
+        _timing(latency["whole_image"]),
         _timing(latency["end_to_end"]),
         f"{latency['images_per_s']:.2f}",
         f"{record['memory']['peak_rss_mb']:.0f}",
@@ -143,10 +153,12 @@ def _spread(summary: Mapping[str, float] | None) -> str:
 
 def spread_row(record: Mapping[str, Any]) -> list[str]:
     latency = record["latency"]
+    tile = NO_TILES if latency["model"] is None else _spread(latency["model"]["batches"].get("1"))
     return [
         record["model"],
         record["target"],
-        _spread(latency["model"]["batches"].get("1")),
+        tile,
+        _spread(latency["whole_image"]),
         _spread(latency["end_to_end"]),
         f"{latency['first_image_ms']:.0f}",
         f"{record['load_average'][0]:.2f}",
@@ -204,7 +216,13 @@ def markdown(result: Mapping[str, Any]) -> str:
         "Pixel IoU = foreground IoU (the survey's metric), DSB = mean AP over IoU "
         "0.50-0.95, count err. = mean |predicted - true| nuclei per image.",
         "- Tile ms: `backend.predict` on one tile of the artifact's tile size, warm, median "
-        "(p95) per call; best b = the batch size with the lowest time per tile.",
+        "(p95) per call; best b = the batch size with the lowest time per tile. Instance "
+        f"models (Mask R-CNN) have no tiles ({NO_TILES}).",
+        "- 256x256 image ms: `segment` (normalise + inference + post-processing, no decode) "
+        "on a 256x256 crop of the first image, warm, median (p95): the latency every row "
+        "has, semantic or instance model. For a semantic model with 256-pixel tiles it is one "
+        "tile plus post-processing; for Mask R-CNN the whole-image pipeline (stage 1, box "
+        "and mask heads, NMS, mask pasting), whose cost grows with the nuclei found.",
         "- Image ms: decode + normalise + tiled inference + post-processing per image, warm "
         "(the first image is run once untimed first); images/s over the split.",
         "- Peak RSS: ru_maxrss of a fresh process that loaded the artifact and ran the split "

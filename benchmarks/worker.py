@@ -4,7 +4,11 @@ Peak RSS is a property of the whole process, so each artifact is loaded in a pro
 own; one runtime's arenas or caches never inflate another's numbers. SPEC is a JSON file
 (artifact, backend, threads, images, predictions folder, repeats, warmup, batches); RESULT
 is written as JSON. Order matters: load, run the split (peak RSS is read here, so it is the
-memory `edgeseg segment` would need), then the model-only timings with larger batches.
+memory `edgeseg segment` would need), time `segment` on one 256x256 image, then the
+model-only timings with larger batches.
+
+Instance models (Mask R-CNN: only ``segment``, no tiles) have no model-only timings; their
+latency is the 256x256 whole-image one, which every model gets, so all rows compare on it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.latency import summarize, time_calls
+
+#: The whole-image latency's input: the semantic models' tile size, so the rows compare.
+IMAGE_SIZE = (256, 256)
 
 
 def peak_rss_mb() -> float:
@@ -83,6 +90,22 @@ def run_split(segmenter: Any, images: Sequence[tuple[str, str]], predictions: Pa
     }
 
 
+def probe_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """A ``size`` crop of a split image, mirrored out where the image is smaller: real
+    content, so an instance model finds a realistic number of nuclei to mask."""
+    from edgeseg.imageio import read_plane
+
+    image = read_plane(path)[: size[0], : size[1]]
+    missing = [(0, size[0] - image.shape[0]), (0, size[1] - image.shape[1])]
+    return np.pad(image, missing + [(0, 0)] * (image.ndim - 2), mode="symmetric")
+
+
+def image_latency(segmenter: Any, image: np.ndarray, repeats: int, warmup: int) -> dict[str, Any]:
+    """Warm timings of ``segment`` on one image: normalise, inference, post-processing."""
+    summary = summarize(time_calls(functools.partial(segmenter.segment, image), repeats, warmup))
+    return {"shape": list(image.shape[:2]), **summary}
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the artifact, run the split, time the model; everything measured in this process."""
     from edgeseg.backends import BackendUnavailable
@@ -102,19 +125,26 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     predictions.mkdir(parents=True, exist_ok=True)
     split = run_split(segmenter, spec["images"], predictions)
     rss_split = peak_rss_mb()
-    latency = model_latency(
-        segmenter.backend,
-        tile_shape(segmenter),
-        spec["batches"],
-        spec["repeats"],
-        spec["warmup"],
-    )
+    image = probe_image(spec["images"][0][1], IMAGE_SIZE)
+    latency: dict[str, Any] = {
+        "model": None,  # stays None for instance models: no tiles, whole images only
+        "whole_image": image_latency(segmenter, image, spec["repeats"], spec["warmup"]),
+        **split,
+    }
+    if hasattr(segmenter, "predict_probabilities"):
+        latency["model"] = model_latency(
+            segmenter.backend,
+            tile_shape(segmenter),
+            spec["batches"],
+            spec["repeats"],
+            spec["warmup"],
+        )
     return {
         "status": "ok",
         "pid": os.getpid(),
         "backend": segmenter.backend.name,
         "load_s": load_s,
-        "latency": {"model": latency, **split},
+        "latency": latency,
         "memory": {
             "rss_before_load_mb": rss_before,
             "peak_rss_after_load_mb": rss_loaded,

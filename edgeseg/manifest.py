@@ -73,3 +73,15 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str,
                 "refusing to load it"
             )
     return manifest
+
+
+def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact that failed its accuracy gate at export (edgeseg export)."""
+    verification = manifest.get("verification", {})
+    if verification.get("status") == "rejected":
+        raise ManifestError(
+            f"{artifact}: this artifact failed its accuracy check at export "
+            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} dropped too "
+            "far); refusing to run it. "
+            "Re-export it, or choose a larger --max-drop at export if the loss is acceptable"
+        )

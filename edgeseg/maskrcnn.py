@@ -342,20 +342,47 @@ def assemble_labels(
 
 
 @dataclass
+class Candidates:
+    """The box head's verdict on every proposal of one image, before any threshold.
+
+    Kept apart from the detections so that threshold tuning (training/maskrcnn/tune.py) runs
+    the graphs once per image and only `select_detections` and the mask pasting per setting.
+    """
+
+    features: list[np.ndarray]  # FPN maps, (h, w, C) per level
+    boxes: np.ndarray  # (P, classes, 4) refined boxes, clipped to the image
+    probabilities: np.ndarray  # (P, classes) class probabilities, background left out
+
+
+def select_detections(
+    candidates: Candidates, config: MaskRCNNConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(proposal, 0-based class) indices of the detections, best first: per-class score
+    threshold and NMS, then at most ``max_detections`` over all classes."""
+    proposals, classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for index in range(candidates.probabilities.shape[1]):
+        scores = candidates.probabilities[:, index]
+        confident = np.flatnonzero(scores >= config.score_threshold)
+        kept = nms(
+            candidates.boxes[confident, index],
+            scores[confident],
+            config.detection_nms_iou,
+            config.max_detections,
+        )
+        proposals.append(confident[kept])
+        classes.append(np.full(kept.size, index, np.int64))
+    chosen, chosen_classes = np.concatenate(proposals), np.concatenate(classes)
+    scores = candidates.probabilities[chosen, chosen_classes]
+    best = np.argsort(-scores, kind="stable")[: config.max_detections]
+    return chosen[best], chosen_classes[best]
+
+
+@dataclass
 class Detections:
     boxes: np.ndarray  # (D, 4) refined boxes
     scores: np.ndarray  # (D,)
     classes: np.ndarray  # (D,) 1-based class ids
     masks: np.ndarray  # (D, S, S) mask probabilities in each box's frame
-
-    @classmethod
-    def empty(cls, mask_size: int) -> Detections:
-        return cls(
-            np.zeros((0, 4), np.float32),
-            np.zeros(0, np.float32),
-            np.zeros(0, np.int64),
-            np.zeros((0, mask_size, mask_size), np.float32),
-        )
 
 
 class MaskRCNN:
@@ -367,8 +394,8 @@ class MaskRCNN:
         self.config = config
         self.stage1, self.box_head, self.mask_head = stage1, box_head, mask_head
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Normalised float32 (H, W) image -> detections in image coordinates."""
+    def candidates(self, image: np.ndarray) -> Candidates:
+        """Normalised float32 (H, W) image -> stage 1, proposals, and the box head on them."""
         config = self.config
         multiple = config.size_multiple
         height, width = image.shape
@@ -385,40 +412,40 @@ class MaskRCNN:
             4 * count,
             count,
         )
-        boxes, scores, classes = self._classify(features, proposals, (height, width))
+        classes = config.num_classes
+        if not len(proposals):
+            empty = np.zeros((0, classes), np.float32)
+            return Candidates(features, np.zeros((0, classes, 4), np.float32), empty)
+        crops = multilevel_roi_align(features, proposals, config, config.pool_size)
+        heads = run_in_batches(self.box_head, crops, config.roi_batch)
+        deltas = heads["box_deltas"].reshape(len(proposals), classes, 4)
+        boxes = [
+            clip_boxes(
+                decode_boxes(deltas[:, index], proposals, config.head_box_weights), height, width
+            )
+            for index in range(classes)
+        ]
+        probabilities = _softmax(heads["class_logits"])[:, 1:].astype(np.float32)
+        return Candidates(features, np.stack(boxes, axis=1), probabilities)
+
+    def predict_masks(
+        self, features: list[np.ndarray], boxes: np.ndarray, classes: np.ndarray
+    ) -> np.ndarray:
+        """(D, S, S) mask probabilities of boxes (``classes`` 0-based) from the mask head."""
+        config = self.config
         if not len(boxes):
-            return Detections.empty(config.mask_size)
+            return np.zeros((0, config.mask_size, config.mask_size), np.float32)
         crops = multilevel_roi_align(features, boxes, config, config.mask_pool_size)
         logits = run_in_batches(self.mask_head, crops, config.roi_batch)["mask_logits"]
-        masks = _sigmoid(logits[np.arange(len(boxes)), :, :, classes - 1])
-        return Detections(boxes, scores, classes, masks)
+        return _sigmoid(logits[np.arange(len(boxes)), :, :, classes])
 
-    def _classify(
-        self, features: list[np.ndarray], proposals: np.ndarray, size: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Box head on the proposals, then per-class score threshold and NMS, best first."""
-        config = self.config
-        boxes, scores, classes = [np.zeros((0, 4), np.float32)], [np.zeros(0)], [np.zeros(0)]
-        if len(proposals):
-            crops = multilevel_roi_align(features, proposals, config, config.pool_size)
-            heads = run_in_batches(self.box_head, crops, config.roi_batch)
-            probabilities = _softmax(heads["class_logits"])[:, 1:]
-            deltas = heads["box_deltas"].reshape(len(proposals), config.num_classes, 4)
-            for index in range(config.num_classes):
-                confident = np.flatnonzero(probabilities[:, index] >= config.score_threshold)
-                refined = decode_boxes(
-                    deltas[confident, index], proposals[confident], config.head_box_weights
-                )
-                refined = clip_boxes(refined, *size)
-                score = probabilities[confident, index]
-                kept = nms(refined, score, config.detection_nms_iou, config.max_detections)
-                boxes.append(refined[kept])
-                scores.append(score[kept])
-                classes.append(np.full(kept.size, index + 1))
-        score_all = np.concatenate(scores).astype(np.float32)
-        best = np.argsort(-score_all, kind="stable")[: config.max_detections]
-        classes_all = np.concatenate(classes)[best].astype(np.int64)
-        return np.concatenate(boxes)[best], score_all[best], classes_all
+    def detect(self, image: np.ndarray) -> Detections:
+        """Normalised float32 (H, W) image -> detections in image coordinates."""
+        found = self.candidates(image)
+        proposals, classes = select_detections(found, self.config)
+        boxes = found.boxes[proposals, classes]
+        masks = self.predict_masks(found.features, boxes, classes)
+        return Detections(boxes, found.probabilities[proposals, classes], classes + 1, masks)
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Normalised float32 (H, W) image -> uint16 (H, W) instance labels."""

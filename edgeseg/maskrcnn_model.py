@@ -8,9 +8,10 @@
 The manifest (``"kind": "maskrcnn"``) carries the `MaskRCNNConfig` the graphs were trained
 with (``runtime``) and, for each graph, its file (beside the manifest), format (``backend``)
 and sha256. Each graph is checked on the very bytes that are loaded, so a tampered or
-mismatched graph is refused by name. The format is recorded per graph, so exported
-ONNX graphs (and later TFLite ones, with a loader added to ``_LOADERS``) run through the
-same NumPy runtime. TensorFlow is imported only for ``.keras`` graphs.
+mismatched graph is refused by name. The format is recorded per graph, so the graphs that
+`edgeseg export` writes (ONNX, LiteRT .tflite, TensorRT engines) run through the same NumPy
+runtime; every format returns its outputs by their Keras names. TensorFlow is imported only
+for ``.keras`` graphs. An export that failed its accuracy gate is refused like a semantic one.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import BACKENDS
-from edgeseg.backends.base import BackendUnavailable, read_verified
-from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256
+from edgeseg.backends.base import BackendUnavailable, from_output, read_verified, to_input
+from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
 from edgeseg.preprocess import normalize
 from edgeseg.rescale import segment_at_diameter
@@ -53,16 +54,27 @@ def keras_stage(model: Any) -> Stage:
 
 
 def write_maskrcnn_manifest(
-    path: Path, runtime: MaskRCNNConfig, graphs: Mapping[str, Path], backend: str, **fields: Any
+    path: Path,
+    runtime: MaskRCNNConfig,
+    graphs: Mapping[str, Path],
+    backend: str,
+    graph_fields: Mapping[str, Mapping[str, Any]] | None = None,
+    **fields: Any,
 ) -> Path:
     """Write the manifest ``path`` for graph files beside it (written last, atomically: a
-    crash while the graphs were being replaced leaves a model that refuses to load)."""
+    crash while the graphs were being replaced leaves a model that refuses to load).
+    ``graph_fields`` adds per-graph details (tensors, precision, quantization) to each entry."""
     entries = {}
     for name in GRAPHS:
         graph = Path(graphs[name])
         if graph.parent.resolve() != path.parent.resolve():
             raise ValueError(f"{graph}: the graphs must sit beside their manifest {path}")
-        entries[name] = {"file": graph.name, "backend": backend, "sha256": file_sha256(graph)}
+        extra = dict((graph_fields or {}).get(name, {}))
+        entries[name] = extra | {
+            "file": graph.name,
+            "backend": backend,
+            "sha256": file_sha256(graph),
+        }
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -98,26 +110,53 @@ def read_maskrcnn_manifest(path: Path) -> dict[str, Any]:
     return {**manifest, "sha256": hashlib.sha256(content).hexdigest()}
 
 
-def _keras_graph(path: Path, content: bytes, name: str, threads: int | None) -> Stage:
-    """A .keras graph (training machines only: it needs TensorFlow)."""
+def load_keras_graph(path: Path) -> Any:
+    """A verified .keras graph as a Keras model (training machines only: it needs TensorFlow).
+    Keras loads from a path only, so callers check its bytes first (`read_verified`)."""
     try:
         import keras
-        import tensorflow as tf
     except ImportError as error:
         raise BackendUnavailable(
             f"{path}: Keras graphs need TensorFlow/Keras (install edgeseg[train], or use "
             "exported ONNX graphs)"
         ) from error
+    return keras.saving.load_model(path, compile=False)
+
+
+def load_keras_graphs(path: Path) -> dict[str, Any]:
+    """The Keras models of the Mask R-CNN whose manifest is ``path``, each verified by sha256
+    (what `edgeseg export` converts)."""
+    manifest = read_maskrcnn_manifest(path)
+    models = {}
+    for name in GRAPHS:
+        entry = manifest["graphs"][name]
+        if entry.get("backend") != "keras":
+            raise ManifestError(f"{path}: its {name} graph is {entry.get('backend')!r}, not keras")
+        graph = path.parent / str(entry.get("file"))
+        read_verified(graph, entry)
+        models[name] = load_keras_graph(graph)
+    return models
+
+
+def _keras_graph(
+    path: Path, content: bytes, name: str, threads: int | None, entry: Mapping[str, Any]
+) -> Stage:
+    """A .keras graph (training machines only: it needs TensorFlow)."""
     if threads:
-        with suppress(RuntimeError):  # TensorFlow already running here: keep its pools
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-    # Keras loads from a path only; its bytes were verified just before.
-    return keras_stage(keras.saving.load_model(path, compile=False))
+        with suppress(ImportError):  # load_keras_graph says what to install
+            import tensorflow as tf
+
+            with suppress(RuntimeError):  # TensorFlow already running here: keep its pools
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+    return keras_stage(load_keras_graph(path))  # its bytes were verified just before
 
 
-def _onnx_graph(path: Path, content: bytes, name: str, threads: int | None) -> Stage:
+def _onnx_graph(
+    path: Path, content: bytes, name: str, threads: int | None, entry: Mapping[str, Any]
+) -> Stage:
     """An .onnx graph on the providers of backend ``name`` (edgeseg.backends.onnx), all outputs
-    by name; the session is built from the verified bytes."""
+    by name; the session is built from the verified bytes. ``graph_optimization: basic`` keeps
+    Q/DQ nodes unfused (TensorRT-ready int8 graphs, as in edgeseg.backends.onnx)."""
     import onnxruntime as ort
 
     from edgeseg.backends.onnx import PROVIDERS
@@ -126,6 +165,8 @@ def _onnx_graph(path: Path, content: bytes, name: str, threads: int | None) -> S
     if providers[0] not in ort.get_available_providers():
         raise BackendUnavailable(f"backend {name!r} unavailable here: no {providers[0]}")
     options = ort.SessionOptions()
+    if entry.get("graph_optimization") == "basic":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(content, sess_options=options, providers=providers)
@@ -139,7 +180,50 @@ def _onnx_graph(path: Path, content: bytes, name: str, threads: int | None) -> S
     return run
 
 
-_LOADERS = {"keras": _keras_graph, "onnx": _onnx_graph}
+class _LiteRTGraph:
+    """A .tflite graph run through its signature, which keeps the Keras output names (the
+    plain tensor names are the converter's own). Integer (int8) inputs and outputs are
+    quantized and dequantized with the scales stored in the model."""
+
+    def __init__(self, content: bytes, threads: int | None) -> None:
+        from edgeseg.backends.litert import interpreter_class, tensor_quantization
+
+        self._content = content  # the interpreter reads from this buffer: keep it alive
+        interpreter = interpreter_class()(model_content=content, num_threads=threads)
+        self._runner = interpreter.get_signature_runner()
+        ((self._input, detail),) = self._runner.get_input_details().items()
+        self._input_type = (detail["dtype"], tensor_quantization(detail))
+        self._outputs = {
+            key: tensor_quantization(value)
+            for key, value in self._runner.get_output_details().items()
+        }
+
+    def __call__(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
+        values = self._runner(**{self._input: to_input(batch, *self._input_type)})
+        return {key: from_output(values[key], scale) for key, scale in self._outputs.items()}
+
+
+def _litert_graph(
+    path: Path, content: bytes, name: str, threads: int | None, entry: Mapping[str, Any]
+) -> Stage:
+    return _LiteRTGraph(content, threads)
+
+
+def _tensorrt_graph(
+    path: Path, content: bytes, name: str, threads: int | None, entry: Mapping[str, Any]
+) -> Stage:
+    """A TensorRT engine built by `edgeseg export` (GPU machines with TensorRT only)."""
+    from edgeseg.backends.tensorrt import TensorRTGraph
+
+    return TensorRTGraph(content, entry, threads).run_all
+
+
+_LOADERS = {
+    "keras": _keras_graph,
+    "onnx": _onnx_graph,
+    "litert": _litert_graph,
+    "tensorrt": _tensorrt_graph,
+}
 
 
 def _load_graph(
@@ -156,7 +240,7 @@ def _load_graph(
     name = backend or fmt
     if name not in BACKENDS or name.split("-")[0] != fmt:
         raise ValueError(f"{path}: a {fmt} graph cannot run on the {name!r} backend")
-    return _LOADERS[fmt](path, read_verified(path, entry), name, threads)
+    return _LOADERS[fmt](path, read_verified(path, entry), name, threads, entry)
 
 
 @dataclass(frozen=True)
@@ -190,11 +274,17 @@ class MaskRCNNSegmenter:
 
 
 def load_maskrcnn(
-    path: str | os.PathLike, backend: str | None = None, threads: int | None = None
+    path: str | os.PathLike,
+    backend: str | None = None,
+    threads: int | None = None,
+    allow_rejected: bool = False,
 ) -> MaskRCNNSegmenter:
-    """Load the Mask R-CNN whose manifest is ``path``; every graph is sha256-verified."""
+    """Load the Mask R-CNN whose manifest is ``path``; every graph is sha256-verified. An
+    export that failed its accuracy gate is refused unless ``allow_rejected``."""
     path = Path(path)
     manifest = read_maskrcnn_manifest(path)
+    if not allow_rejected:
+        refuse_rejected(path, manifest)
     stages = [
         _load_graph(path.parent, manifest["graphs"][name], backend, threads) for name in GRAPHS
     ]

@@ -75,11 +75,18 @@ def instances_from_probabilities(
 
 
 def relabel_sequential(labels: np.ndarray, min_area: int = 0) -> np.ndarray:
-    """Drop instances smaller than ``min_area`` pixels and renumber the rest 1..N as uint16."""
-    ids, inverse, areas = np.unique(labels, return_inverse=True, return_counts=True)
-    keep = (ids != 0) & (areas >= min_area)
-    new_ids = np.zeros(ids.size, dtype=np.int64)
-    new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
+    """Drop instances smaller than ``min_area`` pixels and renumber the rest 1..N as uint16.
+
+    A lookup table indexed by label (ids are non-negative and small) avoids sorting every pixel.
+    """
+    flat = labels.ravel()
+    if flat.size and flat.min() < 0:
+        raise ValueError("label images hold non-negative ids")
+    areas = np.bincount(flat, minlength=1)
+    keep = areas >= max(min_area, 1)
+    keep[0] = False
     if keep.sum() > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 nuclei do not fit a uint16 label image")
-    return new_ids[inverse].reshape(labels.shape).astype(np.uint16)
+    table = np.zeros(areas.size, dtype=np.uint16)
+    table[keep] = np.arange(1, int(keep.sum()) + 1)
+    return table[labels]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import Backend, load_backend
-from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.manifest import read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
@@ -97,16 +97,12 @@ def load_segmenter(
                 f"{artifact}: Mask R-CNN segments whole images; tile, overlap and batch size "
                 "do not apply"
             )
-        return load_maskrcnn(artifact, backend=backend, threads=threads)
-    manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
-    verification = manifest.get("verification", {})
-    if verification.get("status") == "rejected" and not allow_rejected:
-        raise ManifestError(
-            f"{artifact}: this artifact failed its accuracy check at export "
-            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} dropped too "
-            "far); refusing to run it. "
-            "Re-export it, or choose a larger --max-drop at export if the loss is acceptable"
+        return load_maskrcnn(
+            artifact, backend=backend, threads=threads, allow_rejected=allow_rejected
         )
+    manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
+    if not allow_rejected:
+        refuse_rejected(artifact, manifest)
     engine = load_backend(artifact, manifest, backend=backend, threads=threads)
     if tile is not None and engine.input_size not in (None, (tile, tile)):
         height, width = engine.input_size

@@ -37,6 +37,10 @@ class Calibration:
         for tile in self.tiles:
             yield tile[None]
 
+    def chunks(self, size: int) -> list[np.ndarray]:
+        """The tiles in batches of at most ``size`` (ONNX Runtime's calibrator runs these)."""
+        return chunks(self.tiles, size)
+
     def record(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -68,3 +72,8 @@ def calibration_tiles(
         tiles.append(image[top : top + size, left : left + size])
         ids.append(sample.id)
     return Calibration(np.stack(tiles)[..., None].astype(np.float32), tuple(ids), seed, source)
+
+
+def chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    """``rows`` split along the batch axis into near-equal batches of at most ``size``."""
+    return np.array_split(rows, -(-len(rows) // size))

@@ -1,6 +1,7 @@
 """Keras -> ONNX with tf2onnx, and static INT8 Q/DQ quantization with onnxruntime.
 
-The graph keeps NHWC float32 input and output with a dynamic batch and the fixed tile size.
+The graph keeps NHWC float32 input and output with a dynamic batch and the fixed tile size
+(a Mask R-CNN graph: the input shape it is given, and every output under its Keras name).
 INT8 is static QDQ with per-channel weights, calibrated on real crops, in one of two flavours:
 
 * CPU (onnx-int8): uint8 asymmetric activations, int8 symmetric weights (U8S8), ONNX
@@ -17,13 +18,13 @@ INT8 is static QDQ with per-channel weights, calibrated on real crops, in one of
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeseg.imageio import atomic_path
-from export.calibration import Calibration
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -35,19 +36,43 @@ GRAPH_OPTIMIZATION = "basic"
 def write_onnx(model: Any, path: Path, tile: int) -> None:
     """Write the float32 graph of a Keras model for (N, tile, tile, 1) input."""
     import tensorflow as tf
-    import tf2onnx
 
     function = tf.function(lambda image: model(image, training=False))
-    spec = tf.TensorSpec((None, tile, tile, 1), tf.float32, name=INPUT_NAME)
+    _convert(function, tf.TensorSpec((None, tile, tile, 1), tf.float32, name=INPUT_NAME), path)
+
+
+def write_named_onnx(
+    model: Any, path: Path, shape: tuple[int | None, ...], input_name: str
+) -> None:
+    """Write the float32 graph of a multi-output Keras model whose ONNX outputs keep the Keras
+    output names (a runtime that looks outputs up by name needs them)."""
+    import tensorflow as tf
+
+    names = model.output_names
+
+    def named(batch: Any) -> dict[str, Any]:
+        return dict(zip(names, tf.nest.flatten(model(batch, training=False)), strict=True))
+
+    _convert(tf.function(named), tf.TensorSpec(shape, tf.float32, name=input_name), path)
+
+
+def _convert(function: Any, spec: Any, path: Path) -> None:
+    import tf2onnx
+
     proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=OPSET)
     with atomic_path(path) as temporary:
         temporary.write_bytes(proto.SerializeToString())
 
 
 def quantize_onnx(
-    float_path: Path, path: Path, calibration: Calibration, for_tensorrt: bool
+    float_path: Path,
+    path: Path,
+    batches: Sequence[np.ndarray],
+    for_tensorrt: bool,
+    input_name: str = INPUT_NAME,
 ) -> dict[str, Any]:
-    """Write the static QDQ INT8 graph of ``float_path``; return the manifest's description."""
+    """Write the static QDQ INT8 graph of ``float_path`` calibrated on ``batches`` (each one
+    run as the ``input_name`` input); return the manifest's description."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -60,12 +85,11 @@ def quantize_onnx(
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            count = -(-len(calibration.tiles) // CALIBRATION_BATCH)
-            self._batches = iter(np.array_split(calibration.tiles, count))
+            self._batches = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
+            return None if batch is None else {input_name: batch}
 
     activations = QuantType.QInt8 if for_tensorrt else QuantType.QUInt8
     with tempfile.TemporaryDirectory(prefix="edgeseg-quantize-") as folder:
@@ -104,10 +128,19 @@ def quantize_onnx(
 
 def describe_onnx(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Input and output tensor records for the manifest, read back from the written graph."""
+    tensors = describe_onnx_graph(path)
+    return tensors["inputs"][0], tensors["outputs"][0]
+
+
+def describe_onnx_graph(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Records of every input and output tensor of the written graph."""
     import onnx
 
     graph = onnx.load(str(path)).graph
-    return _tensor_record(graph.input[0]), _tensor_record(graph.output[0])
+    return {
+        "inputs": [_tensor_record(value) for value in graph.input],
+        "outputs": [_tensor_record(value) for value in graph.output],
+    }
 
 
 def _tensor_record(value: Any) -> dict[str, Any]:

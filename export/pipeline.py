@@ -6,6 +6,8 @@ verdict. A rejected artifact is kept for inspection but marked "rejected".
 
 Sources: a Keras ``.keras`` model (every target), or the TensorRT-ready ``.onnx`` of an
 earlier trt-* export, from which only its engine is built (on the GPU machine that runs it).
+A Mask R-CNN (three graphs named by a maskrcnn.json) is exported by export.maskrcnn_pipeline,
+which shares `BaseExporter`'s calibration crops, reference labels and gate.
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ from edgeseg.segmenter import load_segmenter
 from edgeseg.tiling import TileSettings
 from export.calibration import Calibration, calibration_tiles
 from export.targets import TARGETS, Target
-from export.verify import Reference, held_out_evaluation, skipped, source_segmenter, verify
+from export.verify import (
+    Reference,
+    SegmentsImages,
+    held_out_evaluation,
+    skipped,
+    source_segmenter,
+    verify,
+)
 
 PREPROCESS = {"name": "percentile-gray", "version": 1, "function": "edgeseg.preprocess.normalize"}
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert", "tensorrt")
 #: Where `edgeseg train --out training/runs/NAME` puts runs, from the repository root.
 RUNS_DIR = Path("training") / "runs"
+#: A Mask R-CNN run's model manifest, inside its run folder (training/maskrcnn/manifest.py).
+MASKRCNN_MODEL = Path("model") / "maskrcnn.json"
 #: Manifest sections an engine inherits from the TensorRT-ready ONNX it is built from.
 INHERITED = (
     "name", "model", "target", "precision", "input", "output", "tile", "preprocess",
@@ -77,19 +88,47 @@ class Outcome:
 
 
 def resolve_source(name_or_path: str | Path) -> Path:
-    """A model file, or the name of a training run (``training/runs/NAME/model.keras``)."""
+    """A model file, or the name of a training run (``training/runs/NAME/model.keras``, or a
+    Mask R-CNN's ``training/runs/NAME/model/maskrcnn.json``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    run = RUNS_DIR / str(name_or_path) / "model.keras"
-    if run.is_file():
-        return run
-    raise ExportError(f"{name_or_path}: no such model file, and no training run at {run}")
+    runs = [RUNS_DIR / str(name_or_path) / name for name in ("model.keras", MASKRCNN_MODEL)]
+    for run in runs:
+        if run.is_file():
+            return run
+    raise ExportError(f"{name_or_path}: no such model file, and no training run at {runs[0]}")
 
 
 def default_out_dir(source: Path) -> Path:
-    """``<run>/export/`` for a Keras model; beside it for a TensorRT-ready ONNX."""
+    """``<run>/export/`` for a Keras model; beside it for a TensorRT-ready ONNX (Mask R-CNN:
+    export.maskrcnn_pipeline.default_out_dir)."""
+    from export import maskrcnn_pipeline
+
+    if maskrcnn_pipeline.is_maskrcnn(source):
+        return maskrcnn_pipeline.default_out_dir(source)
     return source.parent / "export" if source.suffix.lower() == ".keras" else source.parent
+
+
+def converts_from_keras(source: Path) -> bool:
+    """Whether exporting ``source`` converts a Keras model (and so needs the export extra),
+    rather than only building the engine of a TensorRT-ready export."""
+    from export import maskrcnn_pipeline
+
+    if maskrcnn_pipeline.is_maskrcnn(source):
+        return maskrcnn_pipeline.converts_from_keras(source)
+    return source.suffix.lower() == ".keras"
+
+
+def open_exporter(
+    source: Path, out_dir: Path, settings: ExportSettings = ExportSettings(), **samples: Any
+) -> BaseExporter:
+    """The exporter for ``source``: a Mask R-CNN manifest (.json) or a single model file;
+    ``samples`` are `BaseExporter`'s image sets."""
+    from export.maskrcnn_pipeline import MaskRCNNExporter, is_maskrcnn
+
+    kind = MaskRCNNExporter if is_maskrcnn(source) else Exporter
+    return kind(source, out_dir, settings, **samples)
 
 
 def tool_versions() -> dict[str, str]:
@@ -100,9 +139,9 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-class Exporter:
-    """Exports one source model; calibration crops and reference predictions are computed
-    once and shared by all its targets."""
+class BaseExporter:
+    """What every source model's export shares: the image sets, the calibration crops and the
+    reference labels (computed once, for all its targets), and the gate. Subclasses convert."""
 
     def __init__(
         self,
@@ -133,9 +172,66 @@ class Exporter:
         self._validation_label = validation_label
         self._test_samples = test_samples
         self._test_label = test_label
-        self.source_sha256 = file_sha256(self.source)
         # Intermediate models shared by the targets; removed with the exporter.
         self._scratch = tempfile.TemporaryDirectory(prefix="edgeseg-export-")
+        self._open_source()
+
+    def _open_source(self) -> None:
+        """Read the source model (and refuse one that cannot be exported)."""
+        raise NotImplementedError
+
+    def export(self, target: Target) -> Outcome:
+        """Write, describe and verify ``target``'s artifacts."""
+        raise NotImplementedError
+
+    def _source_segmenter(self) -> SegmentsImages:
+        """The source model in the runtime, segmenting as the artifacts will."""
+        raise NotImplementedError
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the square INT8 calibration crops."""
+        raise NotImplementedError
+
+    @cached_property
+    def calibration(self) -> Calibration:
+        if not self._calibration_samples:
+            raise ExportError("INT8 export needs calibration images from the training split")
+        return calibration_tiles(
+            self._calibration_samples,
+            self.settings.calib_images,
+            self.crop_size,
+            source=self._calibration_label,
+        )
+
+    @cached_property
+    def reference(self) -> Reference | None:
+        if not self._validation_samples:
+            return None
+        return Reference(self._source_segmenter(), self._validation_samples, self._validation_label)
+
+    def _judged(self, path: Path) -> dict[str, Any]:
+        """Run the artifact whose manifest is written (verification "pending") through the
+        runtime: the gate's verdict and, when test images are given, its held-out scores."""
+        if self.reference is None:
+            verification = skipped("no validation images given: accuracy not checked")
+        else:
+            verification = verify(load_segmenter(path), self.reference, self.settings.max_drop)
+        judged: dict[str, Any] = {"verification": verification}
+        if self._test_samples:
+            segmenter = load_segmenter(path, allow_rejected=True)
+            judged["evaluation"] = held_out_evaluation(
+                segmenter, self._test_samples, self._test_label
+            )
+        return judged
+
+
+class Exporter(BaseExporter):
+    """Exports one semantic source model (a .keras, or the TensorRT-ready ONNX of a trt-*
+    export, for its engine)."""
+
+    def _open_source(self) -> None:
+        self.source_sha256 = file_sha256(self.source)
         suffix = self.source.suffix.lower()
         if suffix == ".keras":
             self._model: Any = _load_keras(self.source)
@@ -155,8 +251,8 @@ class Exporter:
             self.model_name = str(self.source_manifest.get("model", self.source.stem))
         else:
             raise ExportError(
-                f"{self.source}: export reads a Keras .keras model, or the TensorRT-ready .onnx "
-                "of an earlier trt-* export"
+                f"{self.source}: export reads a Keras .keras model, a Mask R-CNN's "
+                "maskrcnn.json, or the TensorRT-ready .onnx of an earlier trt-* export"
             )
         self.tiles = TileSettings.from_manifest(self.source_manifest)
 
@@ -187,23 +283,12 @@ class Exporter:
             manifest["nucleus_diameter"] = recorded["nucleus_diameter"]
         return manifest
 
-    @cached_property
-    def calibration(self) -> Calibration:
-        if not self._calibration_samples:
-            raise ExportError("INT8 export needs calibration images from the training split")
-        return calibration_tiles(
-            self._calibration_samples,
-            self.settings.calib_images,
-            self.tiles.size,
-            source=self._calibration_label,
-        )
+    @property
+    def crop_size(self) -> int:
+        return self.tiles.size
 
-    @cached_property
-    def reference(self) -> Reference | None:
-        if not self._validation_samples:
-            return None
-        segmenter = source_segmenter(self.source, self.source_manifest)
-        return Reference(segmenter, self._validation_samples, self._validation_label)
+    def _source_segmenter(self) -> SegmentsImages:
+        return source_segmenter(self.source, self.source_manifest)
 
     def export(self, target: Target) -> Outcome:
         """Write, describe and verify ``target``'s artifacts (for trt-*, the TensorRT-ready
@@ -220,7 +305,7 @@ class Exporter:
             from export.tflite import describe_tflite, write_tflite
 
             path = self.out_dir / f"{name}.tflite"
-            calibration = self.calibration if target.quantized else None
+            calibration = list(self.calibration.batches()) if target.quantized else None
             quantization = write_tflite(self._saved_model, path, target.precision, calibration)
             tensors = describe_tflite(path)
         else:
@@ -258,11 +343,12 @@ class Exporter:
         return self._engine(target, path, outcome.artifacts[0].manifest, outcome)
 
     def _write_onnx(self, target: Target, path: Path) -> dict[str, Any]:
-        from export.onnx import quantize_onnx
+        from export.onnx import CALIBRATION_BATCH, quantize_onnx
 
         if target.quantized:
+            batches = self.calibration.chunks(CALIBRATION_BATCH)
             for_tensorrt = target.stage == "tensorrt"
-            return quantize_onnx(self._float_onnx, path, self.calibration, for_tensorrt)
+            return quantize_onnx(self._float_onnx, path, batches, for_tensorrt)
         with atomic_path(path) as temporary:
             shutil.copyfile(self._float_onnx, temporary)
         return {}
@@ -322,16 +408,7 @@ class Exporter:
         """Write the manifest, run the artifact through the runtime, record the verdict and,
         when test images are given, the artifact's held-out test scores."""
         write_manifest(path, **fields, tools=tool_versions(), verification={"status": "pending"})
-        if self.reference is None:
-            verification = skipped("no validation images given: accuracy not checked")
-        else:
-            verification = verify(load_segmenter(path), self.reference, self.settings.max_drop)
-        if self._test_samples:
-            segmenter = load_segmenter(path, allow_rejected=True)
-            fields["evaluation"] = held_out_evaluation(
-                segmenter, self._test_samples, self._test_label
-            )
-        write_manifest(path, **fields, tools=tool_versions(), verification=verification)
+        write_manifest(path, **fields, **self._judged(path), tools=tool_versions())
         return Artifact(path, read_manifest(path))
 
 

@@ -30,8 +30,18 @@ def engine_unavailable() -> str | None:
     return None
 
 
+Shape = tuple[int, ...]
+#: The (min, opt, max) input shapes an engine is built for.
+Profile = tuple[Shape, Shape, Shape]
+
+
 def _shape(batch: int, tile: int) -> tuple[int, int, int, int]:
     return (batch, tile, tile, 1)
+
+
+def tile_profile(tile: int) -> Profile:
+    """Batches 1..MAX_BATCH of ``tile`` tiles (a semantic model's input)."""
+    return _shape(1, tile), _shape(OPT_BATCH, tile), _shape(MAX_BATCH, tile)
 
 
 def build_engine(
@@ -41,8 +51,10 @@ def build_engine(
     tile: int,
     input_name: str,
     timing_cache: Path,
+    profile: Profile | None = None,
 ) -> None:
-    """Parse ``onnx_path``, build for batches 1..MAX_BATCH of ``tile`` tiles, serialize."""
+    """Parse ``onnx_path``, build for ``profile`` (default: batches 1..MAX_BATCH of ``tile``
+    tiles), serialize."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -56,9 +68,9 @@ def build_engine(
     config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, _shape(1, tile), _shape(OPT_BATCH, tile), _shape(MAX_BATCH, tile))
-    config.add_optimization_profile(profile)
+    shapes = builder.create_optimization_profile()
+    shapes.set_shape(input_name, *(profile or tile_profile(tile)))
+    config.add_optimization_profile(shapes)
     cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
     if not config.set_timing_cache(config.create_timing_cache(cached), ignore_mismatch=False):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
@@ -72,12 +84,17 @@ def build_engine(
 
 
 def trtexec_command(
-    onnx_path: Path, engine_path: Path, precision: Precision, tile: int, input_name: str
+    onnx_path: Path,
+    engine_path: Path,
+    precision: Precision,
+    tile: int,
+    input_name: str,
+    profile: Profile | None = None,
 ) -> str:
     """The same build as `build_engine`, as a trtexec command line."""
     shapes = " ".join(
-        f"--{kind}Shapes={input_name}:{batch}x{tile}x{tile}x1"
-        for kind, batch in (("min", 1), ("opt", OPT_BATCH), ("max", MAX_BATCH))
+        f"--{kind}Shapes={input_name}:{'x'.join(map(str, shape))}"
+        for kind, shape in zip(("min", "opt", "max"), profile or tile_profile(tile), strict=True)
     )
     flags = "--fp16 --int8" if precision == "int8" else "--fp16"
     return (

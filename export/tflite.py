@@ -1,7 +1,8 @@
 """Keras -> TFLite (LiteRT): float32, float16 weights, or full-integer int8.
 
 The model is first exported as a SavedModel with a fixed (1, tile, tile, 1) input (Keras 3's
-own export path; converting a traced function directly breaks int8 calibration). INT8 is full
+own export path; converting a traced function directly breaks int8 calibration; a Mask R-CNN
+graph gets its own input shape and named outputs, `save_named_graph`). INT8 is full
 integer: every op is an int8 kernel (TFLITE_BUILTINS_INT8) and so are the input and output,
 whose scale and zero-point the LiteRT backend reads from the model. Dynamic-range "int8"
 (float activations) is never produced: it ran several times slower than float32.
@@ -9,13 +10,13 @@ whose scale and zero-point the LiteRT backend reads from the model. Dynamic-rang
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeseg.imageio import atomic_path
-from export.calibration import Calibration
 from export.targets import Precision
 
 INT8_QUANTIZATION = {
@@ -36,10 +37,31 @@ def save_model(model: Any, folder: Path, tile: int) -> None:
     model.export(str(folder), format="tf_saved_model", input_signature=[spec], verbose=False)
 
 
+def save_named_graph(
+    model: Any, folder: Path, shape: tuple[int | None, ...], input_name: str
+) -> None:
+    """Save a multi-output Keras model as a SavedModel whose serving signature returns every
+    output under its Keras name; LiteRT keeps signature names, while its tensor names are
+    the converter's own (edgeseg.maskrcnn_model runs the graph through that signature)."""
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
+    names = model.output_names
+
+    def named(batch: Any) -> dict[str, Any]:
+        return dict(zip(names, tf.nest.flatten(model(batch, training=False)), strict=True))
+
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", named, [tf.TensorSpec(shape, tf.float32, name=input_name)])
+    archive.write_out(str(folder), verbose=False)
+
+
 def write_tflite(
-    saved_model: Path, path: Path, precision: Precision, calibration: Calibration | None
+    saved_model: Path, path: Path, precision: Precision, calibration: Sequence[np.ndarray] | None
 ) -> dict[str, Any]:
-    """Write the .tflite for ``precision``; return what the manifest says about quantization."""
+    """Write the .tflite for ``precision`` (int8: calibrated on the ``calibration`` batches,
+    each one the input of one call); return what the manifest says about quantization."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -52,7 +74,7 @@ def write_tflite(
         if calibration is None:
             raise ValueError("int8 TFLite export needs calibration data")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([batch] for batch in calibration.batches())
+        converter.representative_dataset = lambda: ([batch] for batch in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -73,9 +95,24 @@ def describe_tflite(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return _tensor_record(tensor_in), _tensor_record(tensor_out)
 
 
-def _tensor_record(detail: dict[str, Any]) -> dict[str, Any]:
+def describe_tflite_graph(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Records of every input and output of the written model's signature, by signature name
+    (the names its runtime uses)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=path.read_bytes()).get_signature_runner()
+    return {
+        role: [_tensor_record(detail, name) for name, detail in details.items()]
+        for role, details in (
+            ("inputs", runner.get_input_details()),
+            ("outputs", runner.get_output_details()),
+        )
+    }
+
+
+def _tensor_record(detail: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "name": detail["name"],
+        "name": name or detail["name"],
         "shape": [int(d) if d > 0 else None for d in detail["shape_signature"]],
         "dtype": np.dtype(detail["dtype"]).name,
     }

@@ -2,7 +2,8 @@
 
 Both run through the same runtime pipeline (edgeseg.segmenter: normalise, the same tiles,
 the same post-processing) on held-out images, so the difference measured is the conversion's
-alone. Callers choose the images (the command line uses the validation split).
+alone. Callers choose the images (the command line uses the validation split). Anything that
+segments a raw image into labels can be gated: a tiled `Segmenter`, or a Mask R-CNN.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +20,13 @@ from edgeseg.data.dataset import Sample
 from edgeseg.metrics import aggregate, foreground_iou, score_image
 from edgeseg.segmenter import Segmenter
 from edgeseg.tiling import TileSettings
+
+
+class SegmentsImages(Protocol):
+    """What the gate runs: raw image in, uint16 instance labels out."""
+
+    def segment(self, image: np.ndarray) -> np.ndarray: ...
+
 
 #: A drop of more than --max-drop points in either of these rejects an artifact.
 GATED = ("pixel_iou", "dsb_score")
@@ -40,7 +48,7 @@ class Reference:
     """The source model's labels and scores on the verification images, computed once and
     shared by every target exported from it."""
 
-    def __init__(self, segmenter: Segmenter, samples: Sequence[Sample], data: str) -> None:
+    def __init__(self, segmenter: SegmentsImages, samples: Sequence[Sample], data: str) -> None:
         if not samples:
             raise ValueError("verification needs at least one image")
         self.segmenter = segmenter
@@ -56,7 +64,7 @@ class Reference:
         return aggregate({s.id: score_image(s.labels, self.labels[s.id]) for s in self.samples})
 
 
-def verify(candidate: Segmenter, reference: Reference, max_drop: float) -> dict[str, Any]:
+def verify(candidate: SegmentsImages, reference: Reference, max_drop: float) -> dict[str, Any]:
     """Score the candidate against the ground truth and the reference; reject it when pixel
     IoU or DSB score falls more than ``max_drop`` percentage points below the reference's."""
     per_image, agreement = {}, []
@@ -81,7 +89,7 @@ def verify(candidate: Segmenter, reference: Reference, max_drop: float) -> dict[
 
 
 def held_out_evaluation(
-    candidate: Segmenter, samples: Sequence[Sample], data: str
+    candidate: SegmentsImages, samples: Sequence[Sample], data: str
 ) -> dict[str, Any]:
     """The artifact's own scores on held-out test images, recorded so anyone can re-measure
     them with `edgeseg segment` + `edgeseg eval`. Reported only: nothing is chosen on them."""

@@ -1,4 +1,5 @@
-"""`edgeseg bench` end to end with the tiny ONNX model, and its parts on hand-made inputs."""
+"""`edgeseg bench` end to end with the tiny ONNX model and a tiny Mask R-CNN (an instance
+model: only `segment`), and its parts on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ from benchmarks.plot import pareto_front
 from edgeseg.cli import main
 from edgeseg.imageio import read_plane, write_labels
 from edgeseg.manifest import write_manifest
+from edgeseg.maskrcnn_model import GRAPHS, write_maskrcnn_manifest
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.segmenter import load_segmenter
 
@@ -84,24 +87,29 @@ def test_quick_run_writes_json_markdown_and_plot(bench_run) -> None:
     ]
 
 
+def _assert_accuracy_is_segment_output(record: dict, root: Path, truth: dict) -> None:
+    """The record's scores are edgeseg.metrics on what `segment` gives for 4 of the 5 images."""
+    segmenter = load_segmenter(record["artifact"], threads=1)
+    per_image = {
+        sample_id: score_image(
+            truth[sample_id],
+            segmenter.segment(read_plane(root / "data" / "images" / f"{sample_id}.png")),
+        )
+        for sample_id in ("s0", "s1", "s3", "s4")  # 4 of 5, spread evenly
+    }
+    assert record["accuracy"] == pytest.approx(aggregate(per_image))
+    assert set(record["per_image"]) == set(per_image)
+    for sample_id, scores in per_image.items():
+        assert record["per_image"][sample_id] == pytest.approx(scores)
+
+
 def test_accuracy_equals_metrics_on_segmenter_output(bench_run) -> None:
     root, out, truth = bench_run
     records = json.loads((out / "bench.json").read_text())["records"]
     measured = [r for r in records if r["status"] == "ok"]
     assert len(measured) == 2
     for record in measured:
-        segmenter = load_segmenter(record["artifact"], threads=1)
-        per_image = {
-            sample_id: score_image(
-                truth[sample_id],
-                segmenter.segment(read_plane(root / "data" / "images" / f"{sample_id}.png")),
-            )
-            for sample_id in ("s0", "s1", "s3", "s4")  # 4 of 5, spread evenly
-        }
-        assert record["accuracy"] == pytest.approx(aggregate(per_image))
-        assert set(record["per_image"]) == set(per_image)
-        for sample_id, scores in per_image.items():
-            assert record["per_image"][sample_id] == pytest.approx(scores)
+        _assert_accuracy_is_segment_output(record, root, truth)
 
 
 def test_latency_memory_and_size_are_measured(bench_run) -> None:
@@ -116,6 +124,8 @@ def test_latency_memory_and_size_are_measured(bench_run) -> None:
         assert model["batches"]["1"]["n"] == 3 and model["batches"]["1"]["median_ms"] > 0
         assert record["latency"]["end_to_end"]["n"] == 4
         assert record["latency"]["images_per_s"] > 0
+        whole_image = record["latency"]["whole_image"]
+        assert whole_image["shape"] == [256, 256] and whole_image["n"] == 3
         memory = record["memory"]
         assert memory["peak_rss_mb"] >= memory["rss_before_load_mb"] > 0
         assert record["size_bytes"] == Path(record["artifact"]).stat().st_size
@@ -228,6 +238,81 @@ def test_flops_and_parameters_counted_on_an_onnx_graph(tmp_path: Path) -> None:
     other = Path(shutil.copy(path, tmp_path / "other.onnx"))
     borrowed = complexity({}, tmp_path / "model.tflite", (32, 32), [other])
     assert borrowed["params_source"] == "onnx graph of other.onnx"
+
+
+@pytest.fixture(scope="module")
+def maskrcnn_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """One --quick run over runs/maskrcnn/model/maskrcnn.json: an untrained Mask R-CNN of
+    maskrcnn_tiny's TINY sizes, saved as training ships it (needs TensorFlow)."""
+    pytest.importorskip("tensorflow")
+    from maskrcnn_tiny import TINY
+
+    from training.maskrcnn.manifest import save_model
+    from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
+
+    root = tmp_path_factory.mktemp("bench-maskrcnn")
+    builders = (build_stage1, build_box_head, build_mask_head)  # in GRAPHS order
+    graphs = {name: build(TINY) for name, build in zip(GRAPHS, builders, strict=True)}
+    trainer = SimpleNamespace(config=TINY, **graphs)
+    save_model(trainer, root / "runs" / "maskrcnn", {"best_step": 0, "best_metrics": {}})
+    truth = _dataset(root / "data")
+    out = root / "out"
+    args = ["bench", "--quick", "--runs", str(root / "runs"), "--data", str(root / "data")]
+    args += ["--models", "maskrcnn", "--threads", "1", "--out", str(out)]
+    args += ["--cache-dir", str(root / "cache")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return root, out, truth
+
+
+def test_instance_model_is_measured_through_segment_on_whole_images(maskrcnn_bench) -> None:
+    root, out, truth = maskrcnn_bench
+    (record,) = json.loads((out / "bench.json").read_text())["records"]
+    assert (record["model"], record["target"], record["status"]) == ("maskrcnn", "keras-fp32", "ok")
+    _assert_accuracy_is_segment_output(record, root, truth)
+    latency = record["latency"]
+    assert latency["model"] is None  # no tiles
+    assert latency["whole_image"]["shape"] == [256, 256] and latency["whole_image"]["n"] == 3
+    assert latency["end_to_end"]["n"] == 4
+    model = root / "runs" / "maskrcnn" / "model"
+    sizes = [(model / f"{name}.keras").stat().st_size for name in GRAPHS]
+    assert record["size_bytes"] == sum(sizes)
+    manifest = json.loads((model / "maskrcnn.json").read_text())
+    assert record["params"] == manifest["params"] and record["params_source"] == "manifest"
+    assert record["flops_per_tile"] is None
+    markdown = (out / "bench.md").read_text()
+    row = next(line for line in markdown.splitlines() if "| maskrcnn |" in line)
+    assert "n/a: whole images" in row and "instance model" in row
+    assert (out / "bench.png").is_file()
+
+
+def _fake_graphs(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True)
+    graphs = {name: folder / f"{name}.onnx" for name in GRAPHS}
+    for path in graphs.values():
+        path.write_bytes(b"graph")
+    return graphs
+
+
+def test_discover_finds_maskrcnn_manifests_in_runs_and_exports(tmp_path: Path) -> None:
+    from edgeseg.maskrcnn import MaskRCNNConfig
+
+    run = tmp_path / "runs" / "maskrcnn"
+    for folder, target in (("model", "keras-fp32"), ("export/onnx-fp32", "onnx-fp32")):
+        graphs = _fake_graphs(run / folder)
+        manifest = write_maskrcnn_manifest(
+            run / folder / "maskrcnn.json", MaskRCNNConfig(), graphs, "onnx", target=target
+        )
+    configs = discover(tmp_path / "runs", include_builtin=False)
+    assert [(c.model, c.target, c.artifact) for c in configs] == [
+        ("maskrcnn", "keras-fp32", run / "model" / "maskrcnn.json"),
+        ("maskrcnn", "onnx-fp32", manifest),
+    ]
+    assert set(configs[1].files) == set(graphs.values()) and configs[1].unavailable is None
+    (graphs["mask_head"]).unlink()
+    (config,) = discover(tmp_path / "runs" / "maskrcnn" / "export", include_builtin=False)
+    assert "mask_head.onnx is missing" in config.unavailable
+    assert discover(artifact_paths=[manifest], include_builtin=False)[0].artifact == manifest
 
 
 @pytest.mark.realdata

@@ -6,18 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import synthetic_nuclei
-from test_data import write_kaggle_sample
 
-from edgeseg.cli import main
 from edgeseg.manifest import ManifestError, file_sha256
 from edgeseg.maskrcnn import MaskRCNNConfig
 from edgeseg.segmenter import load_segmenter
@@ -25,60 +20,17 @@ from edgeseg.segmenter import load_segmenter
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow
 
-from training import data_loading  # noqa: E402  (needs TensorFlow: skipped above without it)
-from training.augment import AugmentConfig  # noqa: E402
-from training.maskrcnn.config import MaskRCNNTrainConfig  # noqa: E402
+# needs TensorFlow: skipped above without it
+from maskrcnn_tiny import TINY, dsb_folder, train_tiny  # noqa: E402, F401  (fixture `dsb`)
+from maskrcnn_tiny import cli as _cli  # noqa: E402
+
 from training.maskrcnn.manifest import model_manifest  # noqa: E402
-
-SPLIT = {"train": ["s0", "s1"], "validation": ["s2"]}
-TINY = MaskRCNNTrainConfig(
-    runtime=replace(MaskRCNNConfig(), score_threshold=0.0, roi_batch=16),
-    data_copy="stage1_train",
-    stem_width=4,
-    widths=(8, 8, 16, 16),
-    fpn_channels=8,
-    box_head_units=16,
-    mask_head_channels=8,
-    rpn_batch_per_image=64,
-    rois_per_image=16,
-    mask_rois_per_image=4,
-    batch_size=2,
-    steps=50,  # the command line's --steps 2 wins
-    warmup_steps=1,
-    checkpoint_every=1,
-    validate_every=2,
-    augment=AugmentConfig(crop=64),
-)
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def dsb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("dsb")
-    for index in range(3):
-        image, labels = synthetic_nuclei((80, 96), seed=index, touching=False)
-        write_kaggle_sample(root / "stage1_train", f"s{index}", image, labels)
-    with pytest.MonkeyPatch.context() as patch:  # the real split names the real DSB ids
-        patch.setattr(data_loading, "load_split", lambda: SPLIT)
-        yield root
 
 
 @pytest.fixture(scope="module")
 def run(dsb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step run: checkpoints at steps 1 and 2, validation and the best model at step 2."""
-    folder = tmp_path_factory.mktemp("maskrcnn")
-    (folder / "tiny.json").write_text(TINY.to_json())
-    run_dir = folder / "run"
-    result = _cli(
-        "train", "--model", "maskrcnn", "--data", dsb, "--out", run_dir,
-        "--config", folder / "tiny.json", "--steps", 2, "--cache-dir", folder / "cache",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "best validation score" in result.output and "at step 2" in result.output
-    return run_dir
+    return train_tiny(dsb, tmp_path_factory.mktemp("maskrcnn"))
 
 
 def test_run_validates_and_ships_the_best_model(run: Path) -> None:
@@ -155,3 +107,32 @@ def test_resume_after_a_crash_repeats_the_same_step(run: Path, dsb: Path, tmp_pa
         theirs = keras.saving.load_model(run / "model" / f"{name}.keras").get_weights()
         for mine, reference in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(mine, reference)
+
+
+def test_resume_without_checkpoints_warm_starts_from_the_best_model(
+    run: Path, dsb: Path, tmp_path: Path
+) -> None:
+    """A fresh clone has model/ but no checkpoints: training goes on from the best step."""
+    from training.maskrcnn.train import train
+
+    cloned = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    state = json.loads((cloned / "state.json").read_text())
+    (cloned / "state.json").write_text(json.dumps({**state, "step": 3}))
+    log = (cloned / "log.csv").read_text()
+    (cloned / "log.csv").write_text(log + log.splitlines()[-1].replace("2,", "3,", 1) + "\n")
+
+    trainer = train(TINY, dsb, cloned, resume=True, cache_dir=tmp_path / "cache")
+    assert int(trainer.step.numpy()) == 2
+    assert [row["step"] for row in csv.DictReader((cloned / "log.csv").open())] == ["1", "2"]
+    restart = json.loads((cloned / "state.json").read_text())["warm_starts"]
+    assert restart == [{"from_step": 3, "restarted_at": 2, "optimizer": "re-initialised"}]
+    for name in ("stage1", "box_head", "mask_head"):
+        saved = keras_weights(run / "model" / f"{name}.keras")
+        for mine, reference in zip(getattr(trainer, name).get_weights(), saved, strict=True):
+            np.testing.assert_array_equal(mine, reference)
+
+
+def keras_weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(path, compile=False).get_weights()

@@ -24,8 +24,12 @@ def test_throughput_script_reports_every_stage(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(sys, "argv", argv)
     segment_throughput.main()
     results = json.loads(out.read_text())
+    assert results["crops_256"]["end_to_end"]["images"] == 2  # 300x260: one 256 tile each
     for name in ("as_is", "crops_256"):
-        assert results[name]["end_to_end"]["images"] == 2
+        end_to_end = results[name]["end_to_end"]
+        assert end_to_end["images"] == 2
+        assert end_to_end["startup_and_first_image_s"] > 0
+        assert end_to_end["steady_images_per_s"] is None or end_to_end["steady_images_per_s"] > 0
         assert results[name]["end_to_end"]["peak_rss_mb"] > 10
         split = results[name]["stage_split"]
         assert set(split["ms_per_image"]) == {"decode", "inference", "instances", "measure_write"}

@@ -39,6 +39,40 @@ def _selected_epoch(state: dict) -> str:
     )
 
 
+def results_tables(run_dir: Path, evaluations: dict, validation: dict) -> list[str]:
+    """Metric x split table, then the test split by imaging modality (from eval_test.json)."""
+    splits = [s for s in ("train", "validation", "test") if s in evaluations or s == "validation"]
+    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for key, title in METRICS:
+        values = [
+            _percent((validation if s == "validation" else evaluations[s]).get(key), key)
+            for s in splits
+        ]
+        lines.append(f"| {title} | " + " | ".join(values) + " |")
+    test_by_kind = {}
+    if (run_dir / "eval_test.json").is_file():
+        test_by_kind = json.loads((run_dir / "eval_test.json").read_text()).get("by_kind", {})
+    if test_by_kind:
+        lines += ["", "Test split by imaging modality (edgeseg.preprocess.image_kind):", ""]
+        lines += ["| modality | images | pixel IoU | DSB score | AP50 |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {kind} | {group['images']} | {_percent(group['pixel_iou'], 'pixel_iou')} | "
+            f"{_percent(group['dsb_score'], 'dsb_score')} | {_percent(group['ap50'], 'ap50')} |"
+            for kind, group in test_by_kind.items()
+        ]
+    return lines
+
+
+def read_evaluations(run_dir: Path) -> dict[str, dict]:
+    """The aggregate scores of every eval_<split>.json in the run folder."""
+    evaluations = {}
+    for split in ("train", "validation", "test"):
+        path = run_dir / f"eval_{split}.json"
+        if path.is_file():
+            evaluations[split] = json.loads(path.read_text())["aggregate"]
+    return evaluations
+
+
 def render_card(run_dir: Path) -> str:
     import keras
 
@@ -49,11 +83,7 @@ def render_card(run_dir: Path) -> str:
     state = json.loads((run_dir / "state.json").read_text())
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    evaluations = {}
-    for split in ("train", "validation", "test"):
-        path = run_dir / f"eval_{split}.json"
-        if path.is_file():
-            evaluations[split] = json.loads(path.read_text())["aggregate"]
+    evaluations = read_evaluations(run_dir)
     validation = evaluations.get("validation", state.get("best_metrics", {}))
     tuned = run_dir / "postprocess.json"
     if tuned.is_file():  # scored with the tuned post-processing the model ships with
@@ -77,26 +107,7 @@ def render_card(run_dir: Path) -> str:
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
         "",
     ]
-    splits = [s for s in ("train", "validation", "test") if s in evaluations or s == "validation"]
-    lines.append("| metric | " + " | ".join(splits) + " |")
-    lines.append("|---|" + "---|" * len(splits))
-    for key, title in METRICS:
-        values = [
-            _percent((validation if s == "validation" else evaluations[s]).get(key), key)
-            for s in splits
-        ]
-        lines.append(f"| {title} | " + " | ".join(values) + " |")
-    test_by_kind = {}
-    if (run_dir / "eval_test.json").is_file():
-        test_by_kind = json.loads((run_dir / "eval_test.json").read_text()).get("by_kind", {})
-    if test_by_kind:
-        lines += ["", "Test split by imaging modality (edgeseg.preprocess.image_kind):", ""]
-        lines += ["| modality | images | pixel IoU | DSB score | AP50 |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {kind} | {group['images']} | {_percent(group['pixel_iou'], 'pixel_iou')} | "
-            f"{_percent(group['dsb_score'], 'dsb_score')} | {_percent(group['ap50'], 'ap50')} |"
-            for kind, group in test_by_kind.items()
-        ]
+    lines += results_tables(run_dir, evaluations, validation)
     lines += [
         "",
         "Numbers are per-image means (edgeseg.metrics). Test numbers come from "

@@ -18,8 +18,11 @@ def load_train_validation(
     data_root: Path, data_copy: str, cache_dir: Path | None
 ) -> tuple[list[Sample], list[Sample]]:
     """(training samples, validation samples) of the fixed split under ``data_root``."""
-    split = load_split()
-    train_ids = set(split["train"])
+    train_ids = set(load_split()["train"])
     train_samples = [s for s in load_dataset(data_root / data_copy, cache_dir) if s.id in train_ids]
-    validation = load_dataset(data_root / "stage1_train", cache_dir, ids=split["validation"])
-    return train_samples, validation
+    return train_samples, load_validation(data_root, cache_dir)
+
+
+def load_validation(data_root: Path, cache_dir: Path | None) -> list[Sample]:
+    """The validation samples of the fixed split, which every run is selected and tuned on."""
+    return load_dataset(data_root / "stage1_train", cache_dir, ids=load_split()["validation"])

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
+from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.segmenter import load_segmenter
+from training.data_loading import load_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import measure_run
-from training.split import load_split
 from training.train import selection_score
 
 GRID = {
@@ -38,7 +38,7 @@ GRID = {
 
 def tune(run_dir: Path, data_root: Path, cache_dir: Path) -> dict:
     segmenter = load_segmenter(run_dir / "model.keras")
-    samples = load_dataset(data_root / "stage1_train", cache_dir, ids=load_split()["validation"])
+    samples = load_validation(data_root, cache_dir)
     maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in tqdm(samples)]
     results = []
     for values in tqdm(list(itertools.product(*GRID.values())), unit="setting"):

@@ -10,7 +10,8 @@ import numpy as np
 from edgeseg.backends.base import Backend, BackendUnavailable, from_output, select_tensor, to_input
 
 
-def _interpreter_class() -> type:
+def interpreter_class() -> type:
+    """LiteRT's Interpreter (or tflite-runtime's), imported only when a .tflite is run."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -23,7 +24,7 @@ def _interpreter_class() -> type:
     return Interpreter
 
 
-def _quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
+def tensor_quantization(detail: Mapping[str, Any]) -> tuple[float, int] | None:
     """Per-tensor (scale, zero_point) of a quantized tensor; None for a float tensor."""
     parameters = detail["quantization_parameters"]
     if len(parameters["scales"]) == 0:
@@ -36,7 +37,7 @@ class LiteRTBackend(Backend):
 
     def __init__(self, model: bytes, manifest: Mapping[str, Any], threads: int | None = None):
         self._model = model  # the interpreter reads from this buffer: keep it alive
-        self._interpreter = _interpreter_class()(model_content=model, num_threads=threads)
+        self._interpreter = interpreter_class()(model_content=model, num_threads=threads)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         wanted_in = manifest.get("input", {}).get("name")
@@ -57,8 +58,8 @@ class LiteRTBackend(Backend):
             interpreter.allocate_tensors()
             self._shape = batch.shape
         interpreter.set_tensor(
-            index, to_input(batch, self._input["dtype"], _quantization(self._input))
+            index, to_input(batch, self._input["dtype"], tensor_quantization(self._input))
         )
         interpreter.invoke()
         output = interpreter.get_tensor(self._output["index"])
-        return from_output(output, _quantization(self._output))
+        return from_output(output, tensor_quantization(self._output))

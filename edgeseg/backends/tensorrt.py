@@ -136,3 +136,58 @@ class TensorRTBackend(Backend):
             self._cudart.cudaFree(pointer)
         if getattr(self, "_stream", None) is not None:
             self._cudart.cudaStreamDestroy(self._stream)
+
+
+class TensorRTGraph(TensorRTBackend):
+    """A multi-output engine (a Mask R-CNN graph, edgeseg.maskrcnn_model): one float input in,
+    every output back by name. ``entry`` is the graph's manifest entry, whose ``inputs`` and
+    ``outputs`` records name the tensors (TensorRT keeps the ONNX names)."""
+
+    def __init__(self, engine: bytes, entry: Mapping[str, Any], threads: int | None = None):
+        names = {role: entry[f"{role}s"][0]["name"] for role in ("input", "output")}
+        super().__init__(engine, {role: {"name": name} for role, name in names.items()}, threads)
+        trt, _ = _import_runtime()
+        self._trt = trt
+        io = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._outputs = [
+            name for name in io if self._engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT
+        ]
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch; every output, as float32."""
+        cudart = self._cudart
+        host_in = np.ascontiguousarray(to_input(batch, self._input_dtype, None))
+        if not self._context.set_input_shape(self._input, host_in.shape):
+            raise ValueError(
+                f"the TensorRT engine's optimisation profile does not allow input "
+                f"shape {host_in.shape}; rebuild it for this image size"
+            )
+        device_in = self._device_buffer(self._input, host_in.nbytes)
+        self._call(
+            cudart.cudaMemcpyAsync(
+                device_in,
+                host_in.ctypes.data,
+                host_in.nbytes,
+                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                self._stream,
+            )
+        )
+        hosts = {}
+        for name in self._outputs:
+            dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+            hosts[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype)
+            self._device_buffer(name, max(hosts[name].nbytes, 1))
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT inference failed (see the TensorRT messages above)")
+        for name, host in hosts.items():
+            self._call(
+                cudart.cudaMemcpyAsync(
+                    host.ctypes.data,
+                    self._buffers[name][0],
+                    host.nbytes,
+                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                    self._stream,
+                )
+            )
+        self._call(cudart.cudaStreamSynchronize(self._stream))
+        return {name: host.astype(np.float32, copy=False) for name, host in hosts.items()}

@@ -34,7 +34,8 @@ from edgeseg.commands.options import data_root_option, split_option
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("training/runs"),
     show_default=True,
-    help="Training runs: <runs>/<model>/*.keras and <runs>/<model>/export/*.",
+    help="Training runs: <runs>/<model>/*.keras, <runs>/<model>/export/* and Mask R-CNN "
+    "manifests (<runs>/<model>/model/maskrcnn.json, <runs>/<model>/export/**/maskrcnn.json).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), help="Timed calls per batch [20; quick 3].")
 @click.option(
@@ -74,6 +75,8 @@ def bench(
     \b
     Each (model, target) runs in a fresh process of its own. Targets this machine cannot
     run (e.g. TensorRT without a GPU) are listed as not available, with the reason.
+    Instance models (Mask R-CNN) have no tiles: they are timed on whole images, and every
+    model's segment latency on one 256x256 image is the column that compares them all.
     Writes OUT/bench.json (every number, the spread, the environment), OUT/bench.md (the
     survey's Table I extended, its published rows labelled as reference) and OUT/bench.png
     (pixel IoU against latency, Pareto front).

@@ -1,5 +1,6 @@
 """`edgeseg export`: convert a trained model for edge runtimes and verify every artifact
-(needs the `export` extra; the TensorRT engine step also needs TensorRT and a GPU)."""
+(needs the `export` extra; the TensorRT engine step also needs TensorRT and a GPU). A Mask
+R-CNN, named by its maskrcnn.json, is exported graph by graph into one folder per target."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ EXIT_REJECTED = 4
     "model",
     required=True,
     metavar="NAME_OR_PATH",
-    help="A .keras model, a training run name (training/runs/NAME/model.keras), or the "
-    "TensorRT-ready .onnx of an earlier trt-* export (to build its engine here).",
+    help="A .keras model, a Mask R-CNN's maskrcnn.json (RUN/model/maskrcnn.json), a training "
+    "run name (training/runs/NAME/model.keras or NAME/model/maskrcnn.json), or the "
+    "TensorRT-ready .onnx / maskrcnn.json of an earlier trt-* export (to build its engine here).",
 )
 @click.option(
     "--target",
@@ -69,14 +71,17 @@ EXIT_REJECTED = 4
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder [default: <run>/export/ for a .keras, beside a TensorRT-ready .onnx].",
+    help="Output folder [default: <run>/export/ for a .keras or a run's maskrcnn.json, beside "
+    "a TensorRT-ready .onnx or maskrcnn.json].",
 )
 @click.option(
     "--tile",
     type=click.IntRange(min=16),
     default=256,
     show_default=True,
-    help="The fixed tile size the artifacts take; the runtime tiles larger images.",
+    help="The fixed tile size the artifacts take; the runtime tiles larger images. A Mask R-CNN "
+    "takes whole images: TILE is then the side of its calibration crops (a multiple of 32) and "
+    "the image size its TensorRT engines are tuned for.",
 )
 @click.option(
     "--overlap",
@@ -120,6 +125,15 @@ def export(
     "rejected"). trt-* targets write a TensorRT-ready ONNX and, where TensorRT and a CUDA GPU
     exist, build and verify the engine.
 
+    A Mask R-CNN (--model RUN/model/maskrcnn.json) becomes the folder
+    <out>/<model>-<target>/ holding stage1, box_head and mask_head graphs and their
+    maskrcnn.json (run it with edgeseg segment --model <that folder>/maskrcnn.json). INT8
+    calibrates stage 1 on the training crops and the heads on the RoI crops the FP32 model
+    makes from them; if all-INT8 fails the gate, the heads are kept FP32 (the manifest's
+    int8_graphs and attempts say so). The gate runs the whole model through the runtime.
+    Example: edgeseg export --model maskrcnn --target onnx-int8 --data /data/dsb2018
+    (the run name maskrcnn stands for training/runs/maskrcnn/model/maskrcnn.json).
+
     Exit status: 0 done; 1 error; 3 TensorRT engine not built here (the ONNX to build it from
     was written; the command to run on the target GPU is printed); 4 an artifact was rejected.
 
@@ -129,10 +143,11 @@ def export(
     from edgeseg.data.dataset import DatasetError
     from edgeseg.manifest import ManifestError
     from export.pipeline import (
-        Exporter,
         ExportError,
         ExportSettings,
+        converts_from_keras,
         default_out_dir,
+        open_exporter,
         resolve_source,
     )
     from export.targets import missing_modules, resolve_targets
@@ -143,7 +158,7 @@ def export(
         raise click.BadParameter(error.args[0], param_hint="--target") from error
     try:
         source = resolve_source(model)
-        from_keras = source.suffix.lower() == ".keras"
+        from_keras = converts_from_keras(source)
         missing = (
             missing_modules(tuple({m for t in targets for m in t.needs})) if from_keras else []
         )
@@ -162,7 +177,7 @@ def export(
             samples = _split_samples(data_root, split_file, cache_dir, verify_images)
             if evaluate_test:
                 samples |= _test_samples(data_root, cache_dir)
-        exporter = Exporter(
+        exporter = open_exporter(
             source,
             out_dir or default_out_dir(source),
             ExportSettings(tile, overlap, calib_images, max_drop),
@@ -234,8 +249,15 @@ def _test_samples(data_root: Path, cache_dir: Path | None) -> dict[str, Any]:
 
 def _summary(path: Path, manifest: dict[str, Any]) -> str:
     """One line: the file, its size, the gate's numbers and any held-out test numbers."""
+    from edgeseg.maskrcnn_model import GRAPHS
+
     verification = manifest["verification"]
-    head = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); verification "
+    size = path.stat().st_size
+    if manifest.get("kind") == "maskrcnn":  # a manifest naming three graph files
+        from export.maskrcnn_pipeline import graph_bytes
+
+        size = graph_bytes(path, manifest)
+    head = f"wrote {path} ({size / 1e6:.2f} MB); verification "
     if verification["status"] == "skipped":
         return head + "SKIPPED (no --data)"
     change = verification["change_points"]
@@ -247,6 +269,8 @@ def _summary(path: Path, manifest: dict[str, Any]) -> str:
         f"{verification['status'].upper()} on {verification['images']} images: mask agreement "
         f"{100 * verification['mask_agreement']:.2f}%, {numbers}"
     )
+    if manifest.get("int8_graphs") not in (None, list(GRAPHS)):
+        line += f"; INT8 in {', '.join(manifest['int8_graphs'])} only, the other graphs FP32"
     if verification["status"] == "rejected":
         line += (
             f"; {' and '.join(verification['failed'])} fell more than "

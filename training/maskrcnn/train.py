@@ -30,14 +30,14 @@ from tqdm import tqdm
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
 from edgeseg.maskrcnn import MaskRCNN
-from edgeseg.maskrcnn_model import keras_stage
+from edgeseg.maskrcnn_model import GRAPHS, keras_stage
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind, normalize
 from training.data_loading import load_train_validation
 from training.maskrcnn.config import MaskRCNNTrainConfig
 from training.maskrcnn.data import instance_crop
 from training.maskrcnn.losses import head_losses, mask_loss, rpn_losses
-from training.maskrcnn.manifest import save_model
+from training.maskrcnn.manifest import model_manifest, save_model
 from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
 from training.maskrcnn.roi_align import roi_align
 from training.maskrcnn.targets import batch_targets
@@ -243,6 +243,8 @@ def train_on_samples(
     manager = tf.train.CheckpointManager(trainer.checkpoint, run_dir / "checkpoints", 2)
     if resume and manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    elif resume and state["best_step"]:
+        _warm_start(trainer, run_dir, state)
     images = [normalize(s.image) for s in samples]
     labels = [s.labels for s in samples]
     weights = _sampling_weights([image_kind(s.image) for s in samples])
@@ -290,6 +292,35 @@ def _validate_and_select(
     )
     columns = {f"val_{key}": metrics[key] for key in VALIDATION_KEYS}
     return {**columns, "val_selection_score": score}
+
+
+def _warm_start(trainer: MaskRCNNTrainer, run_dir: Path, state: dict) -> None:
+    """Continue from the committed best model when the checkpoints are gone.
+
+    Checkpoints with AdamW moments exceed the repository's file limit, so a fresh clone has
+    only ``model/``: its weights are loaded, the step goes back to the best step (the learning
+    rate schedule continues from there), the optimizer starts afresh and the log drops the
+    rows after that step. ``state.json`` records the restart.
+    """
+    directory = model_manifest(run_dir).parent
+    for name in GRAPHS:
+        saved = keras.saving.load_model(directory / f"{name}.keras", compile=False)
+        getattr(trainer, name).set_weights(saved.get_weights())
+    best = int(state["best_step"])
+    state.setdefault("warm_starts", []).append(
+        {"from_step": state["step"], "restarted_at": best, "optimizer": "re-initialised"}
+    )
+    trainer.step.assign(best)
+    state["step"] = best
+    (run_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    log = run_dir / "log.csv"
+    if log.is_file():
+        with log.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= best]
+        log.unlink()
+        for row in rows:
+            _append_log(log, row)
+    tqdm.write(f"no checkpoint: warm start from the best model at step {best}, fresh optimizer")
 
 
 def _run_config(config: MaskRCNNTrainConfig, run_dir: Path, resume: bool) -> MaskRCNNTrainConfig:
