@@ -83,7 +83,8 @@ def test_a_tampered_graph_is_refused_by_name(run: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_a_crash_repeats_the_same_step(run: Path, dsb: Path, tmp_path: Path) -> None:
-    """Crash right after checkpoint 1: resuming runs step 2 again, bit for bit as before."""
+    """Crash right after checkpoint 1: resuming runs step 2 again, as before up to the float
+    rounding of multi-threaded reductions (1e-5; one Adam step moves weights by ~1e-3)."""
     import keras
 
     from training.maskrcnn.train import train
@@ -106,7 +107,7 @@ def test_resume_after_a_crash_repeats_the_same_step(run: Path, dsb: Path, tmp_pa
         ours = keras.saving.load_model(crashed / "model" / f"{name}.keras").get_weights()
         theirs = keras.saving.load_model(run / "model" / f"{name}.keras").get_weights()
         for mine, reference in zip(ours, theirs, strict=True):
-            np.testing.assert_array_equal(mine, reference)
+            np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5)
 
 
 def test_resume_without_checkpoints_warm_starts_from_the_best_model(

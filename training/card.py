@@ -33,6 +33,8 @@ def _percent(value: float | None, key: str) -> str:
 
 def _selected_epoch(state: dict) -> str:
     """Which epoch's weights the run ships, and on what it was chosen (validation only)."""
+    if "shipped_epoch" in state:
+        return f"ships epoch {state['shipped_epoch']}: {state['shipped_because']}"
     return (
         f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
         "DSB score), post-processing thresholds then tuned on validation (postprocess.json)"

@@ -40,7 +40,8 @@ def render_card(run_dir: Path, tile: int = 256) -> str:
         validation = tuning["validation"]
         thresholds = f"tuned on validation: {json.dumps(tuning['chosen'])}"
     restarts = [
-        f"step {w['from_step']} -> {w['restarted_at']}" for w in state.get("warm_starts", [])
+        f"step {w['from_step']} -> {w['restarted_at']}" + (f" ({w['note']})" if "note" in w else "")
+        for w in state.get("warm_starts", [])
     ]
     graphs = ", ".join(f"{name} {count:,}" for name, count in manifest["graph_params"].items())
     lines = [
