@@ -135,11 +135,7 @@ class MaskRCNNExporter(BaseExporter):
         """Write and verify ``target``'s folder (INT8: falling back to FP32 heads when all-INT8
         fails the gate); for trt-*, then build and verify its engines where TensorRT runs."""
         if self._models is None:
-            if target.name != self.source_manifest["target"]:
-                raise ExportError(
-                    f"{self.source} is the TensorRT-ready export for "
-                    f"{self.source_manifest['target']}; it cannot become {target.name}"
-                )
+            self._refuse_other_target(target, "export")
             return self._engines(target, self.source, self.source_manifest, Outcome(target))
         folder = self.out_dir / f"{self.model_name}-{target.name}"
         attempts: list[dict[str, Any]] = []

@@ -193,6 +193,14 @@ class BaseExporter:
         """Side of the square INT8 calibration crops."""
         raise NotImplementedError
 
+    def _refuse_other_target(self, target: Target, source_kind: str) -> None:
+        """A TensorRT-ready source only becomes the engine of the target it was written for."""
+        if target.name != self.source_manifest["target"]:
+            raise ExportError(
+                f"{self.source} is the TensorRT-ready {source_kind} for "
+                f"{self.source_manifest['target']}; it cannot become {target.name}"
+            )
+
     @cached_property
     def calibration(self) -> Calibration:
         if not self._calibration_samples:
@@ -294,11 +302,7 @@ class Exporter(BaseExporter):
         """Write, describe and verify ``target``'s artifacts (for trt-*, the TensorRT-ready
         ONNX and, where TensorRT runs, its engine)."""
         if self._model is None:
-            if target.name != self.source_manifest["target"]:
-                raise ExportError(
-                    f"{self.source} is the TensorRT-ready graph for "
-                    f"{self.source_manifest['target']}; it cannot become {target.name}"
-                )
+            self._refuse_other_target(target, "graph")
             return self._engine(target, self.source, self.source_manifest, Outcome(target))
         name = f"{self.model_name}-{target.name}"
         if target.stage == "tflite":

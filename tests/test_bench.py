@@ -61,13 +61,18 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     threshold_model(artifacts / "fixed" / "threshold-64.onnx", tile=64)
     _fake_engine(artifacts)
     truth = _dataset(root / "data")
+    return root, _quick_bench(root, ["--artifacts", str(artifacts)], MODEL), truth
+
+
+def _quick_bench(root: Path, source: list[str], model: str) -> Path:
+    """`edgeseg bench --quick` on ``root``/data, one thread, for ``model``; the out folder."""
     out = root / "out"
-    args = ["bench", "--quick", "--artifacts", str(artifacts), "--data", str(root / "data")]
-    args += ["--models", MODEL, "--threads", "1", "--out", str(out)]
+    args = ["bench", "--quick", *source, "--data", str(root / "data")]
+    args += ["--models", model, "--threads", "1", "--out", str(out)]
     args += ["--cache-dir", str(root / "cache")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    return root, out, truth
+    return out
 
 
 def test_quick_run_writes_json_markdown_and_plot(bench_run) -> None:
@@ -256,13 +261,7 @@ def maskrcnn_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     trainer = SimpleNamespace(config=TINY, **graphs)
     save_model(trainer, root / "runs" / "maskrcnn", {"best_step": 0, "best_metrics": {}})
     truth = _dataset(root / "data")
-    out = root / "out"
-    args = ["bench", "--quick", "--runs", str(root / "runs"), "--data", str(root / "data")]
-    args += ["--models", "maskrcnn", "--threads", "1", "--out", str(out)]
-    args += ["--cache-dir", str(root / "cache")]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    return root, out, truth
+    return root, _quick_bench(root, ["--runs", str(root / "runs")], "maskrcnn"), truth
 
 
 def test_instance_model_is_measured_through_segment_on_whole_images(maskrcnn_bench) -> None:

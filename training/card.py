@@ -41,6 +41,22 @@ def _selected_epoch(state: dict) -> str:
     )
 
 
+def data_line(data_copy: str) -> str:
+    """The card's data provenance: which copy, which split, and that test is only scored."""
+    return (
+        f"- Data: DSB2018 `{data_copy}`, training ids of the fixed split "
+        "(training/splits/dsb2018_stage1.json); validation: its 67 ids of `stage1_train`; "
+        "test: the 65 `stage1_test` images, used only for the numbers below."
+    )
+
+
+def wall_time_line(state: dict) -> str:
+    return (
+        f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
+        "(CPU only, shared with other work during the run)."
+    )
+
+
 def results_tables(run_dir: Path, evaluations: dict, validation: dict) -> list[str]:
     """Metric x split table, then the test split by imaging modality (from eval_test.json)."""
     splits = [s for s in ("train", "validation", "test") if s in evaluations or s == "validation"]
@@ -97,15 +113,12 @@ def render_card(run_dir: Path) -> str:
         "normalised gray channel (edgeseg.preprocess), output [foreground, boundary].",
         f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
         f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
-        f"- Data: DSB2018 `{config.data_copy}`, training ids of the fixed split "
-        "(training/splits/dsb2018_stage1.json); validation: its 67 ids of `stage1_train`; "
-        "test: the 65 `stage1_test` images, used only for the numbers below.",
+        data_line(config.data_copy),
         f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
         f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
         f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
         f"float32; {_selected_epoch(state)}.",
-        f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
-        "(CPU only, shared with other work during the run).",
+        wall_time_line(state),
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
         "",
     ]

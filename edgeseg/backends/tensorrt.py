@@ -96,38 +96,41 @@ class TensorRTBackend(Backend):
             self._context.set_tensor_address(name, pointer)
         return pointer
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        cudart = self._cudart
-        host_in = np.ascontiguousarray(to_input(batch, self._input_dtype, self._input_quantization))
+    def _send(self, host_in: np.ndarray, size_name: str) -> None:
+        """Set the input shape and queue its copy to the device (``size_name``: what to
+        rebuild the engine for when its optimisation profile refuses the shape)."""
         if not self._context.set_input_shape(self._input, host_in.shape):
             raise ValueError(
                 f"the TensorRT engine's optimisation profile does not allow input "
-                f"shape {host_in.shape}; rebuild it for this tile size"
+                f"shape {host_in.shape}; rebuild it for this {size_name}"
             )
-        host_out = np.empty(tuple(self._context.get_tensor_shape(self._output)), self._output_dtype)
         device_in = self._device_buffer(self._input, host_in.nbytes)
-        device_out = self._device_buffer(self._output, host_out.nbytes)
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._call(
-            cudart.cudaMemcpyAsync(
-                device_in,
-                host_in.ctypes.data,
-                host_in.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                self._stream,
+            self._cudart.cudaMemcpyAsync(
+                device_in, host_in.ctypes.data, host_in.nbytes, kind, self._stream
             )
         )
+
+    def _execute_and_fetch(self, hosts: Mapping[str, np.ndarray]) -> None:
+        """Run the engine, copy each named output into its host array and wait for both."""
         if not self._context.execute_async_v3(int(self._stream)):
             raise RuntimeError("TensorRT inference failed (see the TensorRT messages above)")
-        self._call(
-            cudart.cudaMemcpyAsync(
-                host_out.ctypes.data,
-                device_out,
-                host_out.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                self._stream,
+        kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name, host in hosts.items():
+            self._call(
+                self._cudart.cudaMemcpyAsync(
+                    host.ctypes.data, self._buffers[name][0], host.nbytes, kind, self._stream
+                )
             )
-        )
-        self._call(cudart.cudaStreamSynchronize(self._stream))
+        self._call(self._cudart.cudaStreamSynchronize(self._stream))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        host_in = np.ascontiguousarray(to_input(batch, self._input_dtype, self._input_quantization))
+        self._send(host_in, "tile size")
+        host_out = np.empty(tuple(self._context.get_tensor_shape(self._output)), self._output_dtype)
+        self._device_buffer(self._output, host_out.nbytes)
+        self._execute_and_fetch({self._output: host_out})
         return from_output(host_out, self._output_quantization)
 
     def __del__(self) -> None:
@@ -155,39 +158,11 @@ class TensorRTGraph(TensorRTBackend):
 
     def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch; every output, as float32."""
-        cudart = self._cudart
-        host_in = np.ascontiguousarray(to_input(batch, self._input_dtype, None))
-        if not self._context.set_input_shape(self._input, host_in.shape):
-            raise ValueError(
-                f"the TensorRT engine's optimisation profile does not allow input "
-                f"shape {host_in.shape}; rebuild it for this image size"
-            )
-        device_in = self._device_buffer(self._input, host_in.nbytes)
-        self._call(
-            cudart.cudaMemcpyAsync(
-                device_in,
-                host_in.ctypes.data,
-                host_in.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                self._stream,
-            )
-        )
+        self._send(np.ascontiguousarray(to_input(batch, self._input_dtype, None)), "image size")
         hosts = {}
         for name in self._outputs:
             dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
             hosts[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype)
             self._device_buffer(name, max(hosts[name].nbytes, 1))
-        if not self._context.execute_async_v3(int(self._stream)):
-            raise RuntimeError("TensorRT inference failed (see the TensorRT messages above)")
-        for name, host in hosts.items():
-            self._call(
-                cudart.cudaMemcpyAsync(
-                    host.ctypes.data,
-                    self._buffers[name][0],
-                    host.nbytes,
-                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                    self._stream,
-                )
-            )
-        self._call(cudart.cudaStreamSynchronize(self._stream))
+        self._execute_and_fetch(hosts)
         return {name: host.astype(np.float32, copy=False) for name, host in hosts.items()}

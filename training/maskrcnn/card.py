@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.card import read_evaluations, results_tables
+from training.card import data_line, read_evaluations, results_tables, wall_time_line
 from training.maskrcnn.config import MaskRCNNTrainConfig
 from training.maskrcnn.manifest import model_manifest
 
@@ -54,9 +54,7 @@ def render_card(run_dir: Path, tile: int = 256) -> str:
         "decoding/NMS/RoIAlign in the numpy runtime (edgeseg/maskrcnn.py).",
         f"- Parameters: {manifest['params']:,} ({graphs}); stage-1 FLOPs per {tile}x{tile} "
         f"image: {_stage1_flops(run_dir, tile):.2f} G (convolutions, multiply-add = 2).",
-        f"- Data: DSB2018 `{config.data_copy}`, training ids of the fixed split "
-        "(training/splits/dsb2018_stage1.json); validation: its 67 ids of `stage1_train`; "
-        "test: the 65 `stage1_test` images, used only for the numbers below.",
+        data_line(config.data_copy),
         f"- Training: from scratch (no pretrained weights), {state['step']} of {config.steps} "
         f"steps x batch {config.batch_size}, {config.augment.crop}px crops, AdamW "
         f"{config.learning_rate:g} (warm-up, cosine to 0), seed {config.seed}, float32; "
@@ -64,8 +62,7 @@ def render_card(run_dir: Path, tile: int = 256) -> str:
         f"IoU and DSB score); runtime thresholds {thresholds}.",
         f"- Warm starts (checkpoints too big to commit; fresh optimizer from the best model): "
         f"{', '.join(restarts) or 'none'}.",
-        f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
-        "(CPU only, shared with other work during the run).",
+        wall_time_line(state),
         f"- Final training loss: {float(rows[-1]['total']):.4f} (log.csv has every "
         f"{config.checkpoint_every} steps).",
         "",
