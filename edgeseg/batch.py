@@ -8,8 +8,10 @@ Built for unattended runs on a clinic workstation:
   is written atomically and a per-image done-marker (``OUT/.edgeseg-done/<stem>.json``) is
   written last, so a re-run skips exactly the images whose marker and outputs all exist and
   were made with the same model and settings (page, channel, nucleus diameter);
-* reading, inference and writing overlap in three threads joined by small bounded queues,
-  so memory stays a few images whatever the batch size.
+* reading, inference and post-processing + writing overlap in threads joined by small
+  bounded queues, so memory stays a few images whatever the batch size; post-processing
+  (probabilities -> instances) runs on the writer thread, beside the network, not after it,
+  and models that allow it run on several images at once.
 """
 
 from __future__ import annotations
@@ -279,7 +281,8 @@ class _Work:
 
     job: ImageJob
     image: np.ndarray | None = None
-    labels: np.ndarray | None = None
+    #: Post-processes the network's output into labels (Segmenter.infer), on the writer.
+    postprocess: Callable[[], np.ndarray] | None = None
     error: str = ""
     seconds: float = 0.0
 
@@ -325,8 +328,12 @@ def run_batch(
     settings: BatchSettings,
     on_result: Callable[[ImageResult], None] | None = None,
     cancel: threading.Event | None = None,
+    inference_workers: int = 1,
 ) -> list[ImageResult]:
     """Segment ``plan.todo``; return every result (skipped first) and write summary.csv.
+
+    ``inference_workers`` threads run the network on different images at once; only for a
+    segmenter whose ``parallel_calls`` allows it (see edgeseg.commands.segment).
 
     ``on_result`` is called from the writer thread once per finished image (progress bars).
     Setting ``cancel`` stops early and cleanly (edgeseg watch on SIGTERM): the image in
@@ -364,29 +371,37 @@ def run_batch(
                 write_summary(settings, results)
                 last_summary = time.monotonic()
 
-    reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
-    reader.start()
-    writer.start()
-    try:
+    def infer_all() -> None:
         while (work := decoded.get()) is not _END:
             if cancel is not None and cancel.is_set():
                 continue  # decoded but not segmented: left for the next run
             if work.image is not None:
                 started = time.perf_counter()
                 try:
-                    work.labels = segmenter.segment(work.image, diameter=settings.diameter)
+                    work.postprocess = segmenter.infer(work.image, diameter=settings.diameter)
                 except Exception as error:  # one image the model cannot take fails alone
                     work.error, work.image = _describe(error), None
                 work.seconds += time.perf_counter() - started
             if not _put(segmented, work, writer.is_alive):
                 break
+        decoded.put(_END)  # let the other inference workers see the end too
+
+    reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
+    workers = [_Stage(infer_all, f"edgeseg-infer{i}") for i in range(max(1, inference_workers))]
+    reader.start()
+    writer.start()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     finally:
         stop.set()  # on Ctrl-C: read no more, but write what is already segmented
         _put(segmented, _END, writer.is_alive)
         writer.join()
         reader.join()
         write_summary(settings, results)
-    for stage in (reader, writer):
+    for stage in (reader, writer, *workers):
         if stage.error is not None:
             raise stage.error
     return results
@@ -404,13 +419,14 @@ def _read(job: ImageJob, settings: BatchSettings) -> _Work:
 
 
 def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]) -> ImageResult:
-    """Measure and write one image's outputs; any failure is that image's alone."""
-    if work.image is None or work.labels is None:
+    """Post-process, measure and write one image; any failure is that image's alone."""
+    if work.image is None or work.postprocess is None:
         return ImageResult(work.job, "failed", error=work.error, seconds=work.seconds)
     started = time.perf_counter()
     try:
-        nuclei, mean_area = _write_outputs(work.job, work.image, work.labels, settings, fingerprint)
-    except Exception as error:  # e.g. disk full: report it, keep going
+        labels = work.postprocess()
+        nuclei, mean_area = _write_outputs(work.job, work.image, labels, settings, fingerprint)
+    except Exception as error:  # e.g. disk full, or labels past uint16: report it, keep going
         seconds = work.seconds + time.perf_counter() - started
         return ImageResult(work.job, "failed", error=_describe(error), seconds=seconds)
     seconds = work.seconds + time.perf_counter() - started

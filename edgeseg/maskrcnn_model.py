@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +271,15 @@ class MaskRCNNSegmenter:
                 self.segment, image, diameter, self.manifest, self.model.config.min_area
             )
         return self.model.segment(normalize(image))
+
+    #: One image at a time: running its three graphs from several threads is untested.
+    parallel_calls = False
+
+    def infer(self, image: np.ndarray, diameter: float | None = None) -> Callable[[], np.ndarray]:
+        """``segment`` in the two-step form edgeseg.batch expects; here all work is done now
+        (box and mask heads are inference too)."""
+        labels = self.segment(image, diameter)
+        return lambda: labels
 
 
 def load_maskrcnn(

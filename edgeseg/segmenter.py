@@ -14,7 +14,7 @@ trained on (edgeseg.rescale) and the labels come back at the image's own shape.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -52,6 +52,11 @@ class Segmenter:
         self.settings = settings or postprocess_settings(manifest)
         self.tiles = tiles or TileSettings.from_manifest(manifest)
 
+    @property
+    def parallel_calls(self) -> bool:
+        """Whether several threads may segment at once (the backend allows it)."""
+        return self.backend.parallel_calls
+
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
         return predict_tiled(self.backend, normalize(image), self.tiles)
@@ -62,12 +67,21 @@ class Segmenter:
         ``diameter``: typical nucleus diameter in ``image``, in pixels, when it differs from
         the training data's (the manifest's ``nucleus_diameter``); None segments as is.
         """
+        return self.infer(image, diameter)()
+
+    def infer(self, image: np.ndarray, diameter: float | None = None) -> Callable[[], np.ndarray]:
+        """Run the network now; the returned call post-processes into ``segment``'s labels.
+
+        Split so a batch pipeline can post-process one image on another thread while the
+        network runs on the next (edgeseg.batch).
+        """
         if diameter is not None:
-            return segment_at_diameter(
+            labels = segment_at_diameter(
                 self.segment, image, diameter, self.manifest, self.settings.min_area
             )
+            return lambda: labels
         probabilities = self.predict_probabilities(image)
-        return instances_from_probabilities(
+        return lambda: instances_from_probabilities(
             probabilities[..., 0], probabilities[..., 1], self.settings
         )
 

@@ -205,6 +205,22 @@ def test_litert_int8_quantizes_input_and_dequantizes_output(keras_exports: dict)
 
 
 @pytest.mark.tensorflow
+def test_litert_uses_every_core_unless_told(keras_exports: dict, monkeypatch) -> None:
+    """LiteRT's own default is one thread, which halved its speed in the benchmark."""
+    from edgeseg.backends import base, litert
+
+    made = []
+    real = litert.interpreter_class()
+    monkeypatch.setattr(
+        litert, "interpreter_class", lambda: lambda **kw: made.append(kw) or real(**kw)
+    )
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    load_backend(keras_exports["float"])
+    load_backend(keras_exports["float"], threads=1)
+    assert [kw["num_threads"] for kw in made] == [3, 1]
+
+
+@pytest.mark.tensorflow
 def test_keras_backend_matches_keras(keras_exports: dict) -> None:
     backend = load_backend(keras_exports["keras"])
     batch = np.random.default_rng(5).random((2, 16, 24, 1), dtype=np.float32)

@@ -45,6 +45,10 @@ class ThresholdSegmenter:
         _, labels = cv2.connectedComponents((gray > 100).astype(np.uint8))
         return labels.astype(np.uint16)
 
+    def infer(self, image: np.ndarray, diameter: float | None = None):
+        labels = self.segment(image, diameter)
+        return lambda: labels
+
 
 def _write_images(folder: Path, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,6 +125,25 @@ def test_run_writes_outputs_summary_and_markers(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob(".*.part*"))
 
 
+def test_a_post_processing_failure_fails_its_image_alone(tmp_path: Path) -> None:
+    """Post-processing runs on the writer thread: its errors must stay per image too."""
+
+    class FailsSecond(ThresholdSegmenter):
+        def infer(self, image: np.ndarray, diameter: float | None = None):
+            if self.calls == 1:
+                self.calls += 1
+                return lambda: np.array(1 / 0)
+            return super().infer(image, diameter)
+
+    _write_images(tmp_path / "in", 3)
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    results = run_batch(FailsSecond(), plan_batch(jobs, settings, MANIFEST), settings)
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert "division by zero" in results[1].error
+    assert not (tmp_path / "out" / "img01_labels.tif").exists()
+
+
 def test_plan_skips_complete_redoes_incomplete_refuses_foreign(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 3)
     settings = BatchSettings(output=tmp_path / "out")
@@ -190,6 +213,39 @@ def test_pipeline_overlaps_and_holds_few_images(
     assert reader_threads == {"edgeseg-reader"}
     # 2 decoded ahead + 1 in inference + 2 queued for writing + 1 being written (+1 in hand)
     assert 2 <= peak[0] <= 2 * batch.PREFETCH + 3
+
+
+def test_parallel_inference_workers_give_the_same_results(tmp_path: Path) -> None:
+    """Two workers really overlap, and every image still gets its own labels, in order."""
+
+    class Concurrent(ThresholdSegmenter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock, self.running, self.peak = threading.Lock(), 0, 0
+
+        def infer(self, image: np.ndarray, diameter: float | None = None):
+            with self.lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(0.03)
+            labels = ThresholdSegmenter.segment(self, image, diameter)
+            with self.lock:
+                self.running -= 1
+            return lambda: labels
+
+    _write_images(tmp_path / "in", 8)
+    jobs = discover_images([tmp_path / "in"])
+    outputs = {}
+    for workers in (1, 2):
+        settings = BatchSettings(output=tmp_path / f"out{workers}")
+        segmenter = Concurrent()
+        plan = plan_batch(jobs, settings, MANIFEST)
+        results = run_batch(segmenter, plan, settings, inference_workers=workers)
+        assert sorted(r.status for r in results) == ["ok"] * 8
+        assert segmenter.peak == workers
+        assert [row["output_stem"] for row in _summary(settings.output)] == [j.stem for j in jobs]
+        outputs[workers] = [(settings.output / f"{j.stem}_labels.tif").read_bytes() for j in jobs]
+    assert outputs[1] == outputs[2]
 
 
 def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:

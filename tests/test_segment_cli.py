@@ -307,11 +307,11 @@ def test_diameter_needs_a_model_that_recorded_one(tmp_path: Path, model: Path) -
 SLOW_RUN = """
 import sys, time
 import edgeseg.segmenter as s
-segment = s.Segmenter.segment
+infer = s.Segmenter.infer
 def slow(self, image, diameter=None):
     time.sleep(0.25)
-    return segment(self, image, diameter)
-s.Segmenter.segment = slow
+    return infer(self, image, diameter)
+s.Segmenter.infer = slow
 from edgeseg.cli import main
 main(sys.argv[1:])
 """

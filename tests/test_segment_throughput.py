@@ -21,6 +21,7 @@ def test_throughput_script_reports_every_stage(tmp_path: Path, monkeypatch) -> N
     model = threshold_model(tmp_path / "model.onnx")
     out = tmp_path / "results.json"
     argv = ["segment_throughput", str(images), "--model", str(model), "--out", str(out)]
+    argv += ["--repeats", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     segment_throughput.main()
     results = json.loads(out.read_text())
@@ -31,6 +32,7 @@ def test_throughput_script_reports_every_stage(tmp_path: Path, monkeypatch) -> N
         assert end_to_end["startup_and_first_image_s"] > 0
         assert end_to_end["steady_images_per_s"] is None or end_to_end["steady_images_per_s"] > 0
         assert results[name]["end_to_end"]["peak_rss_mb"] > 10
+        assert len(end_to_end["runs"]) == 2
         split = results[name]["stage_split"]
         assert set(split["ms_per_image"]) == {"decode", "inference", "instances", "measure_write"}
         assert abs(sum(split["share"].values()) - 1) < 1e-9

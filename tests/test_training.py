@@ -115,6 +115,27 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert 0.0 <= float(rows[-1]["val_pixel_iou"]) <= 1.0
+    chosen = json.loads((run / "state.json").read_text())["best_settings"]
+    assert float(rows[-1]["val_foreground_threshold"]) in (0.5, 0.6, 0.7)
+    assert json.loads((run / "model.keras.json").read_text())["postprocess"] == chosen
+
+
+def test_epochs_are_scored_at_their_best_thresholds() -> None:
+    """A map whose halo sits at 0.55 scores perfectly only above that threshold."""
+    from training.selection import EPOCH_GRID, best_result, grid_settings, score_settings
+
+    truth = np.zeros((64, 64), np.uint16)
+    truth[10:30, 10:30], truth[36:56, 36:56] = 1, 2
+    probabilities = np.zeros((64, 64, 2), np.float32)
+    probabilities[6:34, 6:34, 0] = probabilities[32:60, 32:60, 0] = 0.55  # the halo
+    probabilities[..., 0][truth > 0] = 0.95
+    results = score_settings([(truth, probabilities)], grid_settings(EPOCH_GRID))
+    assert len(results) == 9
+    best = best_result(results)
+    assert best["settings"]["foreground_threshold"] >= 0.6
+    assert best["validation"]["pixel_iou"] == 1.0
+    at_default = next(r for r in results if r["settings"]["foreground_threshold"] == 0.5)
+    assert at_default["validation"]["pixel_iou"] < 0.9
 
 
 def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:

@@ -48,6 +48,10 @@ class Recording:
         self.seen.append(image.copy())
         return self.inner.segment(image, diameter)
 
+    def infer(self, image: np.ndarray, diameter: float | None = None):
+        labels = self.segment(image, diameter)
+        return lambda: labels
+
 
 def _gray(seed: int) -> np.ndarray:
     return synthetic_nuclei((96, 96), count=8, seed=seed)[0]
@@ -176,11 +180,11 @@ def test_undecodable_file_fails_then_is_retried_when_replaced(tmp_path: Path, mo
 SLOW_WATCH = """
 import sys, time
 import edgeseg.segmenter as s
-segment = s.Segmenter.segment
+infer = s.Segmenter.infer
 def slow(self, image, diameter=None):
     time.sleep(0.3)
-    return segment(self, image, diameter)
-s.Segmenter.segment = slow
+    return infer(self, image, diameter)
+s.Segmenter.infer = slow
 from edgeseg.cli import main
 main(sys.argv[1:])
 """

@@ -16,10 +16,13 @@ TILE_OVERLAP = 32
 
 
 def postprocess_settings(run_dir: Path) -> PostprocessSettings:
-    """The thresholds tuned on validation (training/tune_postprocess.py), else the defaults."""
-    tuned = run_dir / "postprocess.json"
+    """The thresholds tuned on validation (training/tune_postprocess.py), else those the best
+    epoch was scored at (training/selection.py), else the defaults."""
+    tuned, state = run_dir / "postprocess.json", run_dir / "state.json"
     if tuned.is_file():
         return PostprocessSettings(**json.loads(tuned.read_text())["chosen"])
+    if state.is_file() and "best_settings" in (recorded := json.loads(state.read_text())):
+        return PostprocessSettings(**recorded["best_settings"])
     return PostprocessSettings()
 
 

@@ -21,13 +21,13 @@ import numpy as np
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
-from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind, normalize
 from training.augment import random_crop
 from training.config import TrainConfig
 from training.data_loading import load_train_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import nucleus_diameter_record, training_source
+from training.selection import EPOCH_GRID, best_result, grid_settings, score_settings
 
 #: The validation metrics every run logs (as ``val_<key>``), semantic models and Mask R-CNN.
 VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
@@ -36,11 +36,6 @@ VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
 def machine_description() -> str:
     """What a run's state.json says it ran on."""
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def selection_score(metrics: dict[str, float]) -> float:
-    """What 'best on validation' means: mean of pixel IoU and DSB score (both matter)."""
-    return 0.5 * (metrics["pixel_iou"] + metrics["dsb_score"])
 
 
 def _configure_tensorflow(threads: int) -> None:
@@ -163,21 +158,25 @@ def train_on_samples(
 
         def on_epoch_end(self, epoch, logs=None):
             segmenter = Segmenter(KerasBackend.from_model(self.model), {}, tiles=tiles)
-            per_image = {
-                sample.id: score_image(sample.labels, segmenter.segment(sample.image))
-                for sample in validation
-            }
-            metrics = aggregate(per_image)
+            maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in validation]
+            best = best_result(score_settings(maps, grid_settings(EPOCH_GRID)))
+            metrics, score = best["validation"], best["selection_score"]
             for key in VALIDATION_KEYS:
                 logs[f"val_{key}"] = metrics[key]
-            score = selection_score(metrics)
             logs["val_selection_score"] = score
+            for key in ("foreground_threshold", "boundary_threshold"):
+                logs[f"val_{key}"] = best["settings"][key]
             state["wall_seconds"] += time.time() - self.started
             logs["seconds"] = state["wall_seconds"]
             state["epoch"] = epoch + 1
             improved = score > state["best_score"]
             if improved:
-                state.update(best_score=score, best_epoch=epoch + 1, best_metrics=metrics)
+                state.update(
+                    best_score=score,
+                    best_epoch=epoch + 1,
+                    best_metrics=metrics,
+                    best_settings=best["settings"],
+                )
                 _atomic_save(inference_copy(self.model), run_dir / "model.keras")
             _atomic_save(self.model, checkpoint_path)
             state["machine"] = machine_description()

@@ -12,21 +12,17 @@ every export inherits both. stage1_test is never looked at.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
-from edgeseg.metrics import aggregate, score_image
-from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.segmenter import load_segmenter
 from training.data_loading import load_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import measure_run
-from training.train import selection_score
+from training.selection import best_result, grid_settings, score_settings
 
 GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
@@ -40,22 +36,9 @@ def tune(run_dir: Path, data_root: Path, cache_dir: Path) -> dict:
     segmenter = load_segmenter(run_dir / "model.keras")
     samples = load_validation(data_root, cache_dir)
     maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in tqdm(samples)]
-    results = []
-    for values in tqdm(list(itertools.product(*GRID.values())), unit="setting"):
-        settings = replace(PostprocessSettings(), **dict(zip(GRID, values, strict=True)))
-        per_image = {}
-        for index, (truth, probabilities) in enumerate(maps):
-            labels = instances_from_probabilities(*probabilities.transpose(2, 0, 1), settings)
-            per_image[str(index)] = score_image(truth, labels)
-        scores = aggregate(per_image)
-        results.append(
-            {
-                "settings": settings.to_dict(),
-                "validation": scores,
-                "selection_score": selection_score(scores),
-            }
-        )
-    best = max(results, key=lambda r: r["selection_score"])
+    settings = grid_settings(GRID)
+    results = score_settings(maps, tqdm(settings, unit="setting"))
+    best = best_result(results)
     return {"chosen": best["settings"], "validation": best["validation"], "grid": results}
 
 

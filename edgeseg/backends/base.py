@@ -8,6 +8,7 @@ wrong inputs and the same tampered artifacts in the same words.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ class Backend(ABC):
     input_size: tuple[int, int] | None = None
     #: The batch size the network was exported for, or None when any batch works.
     fixed_batch: int | None = None
+    #: Whether several threads may call ``predict`` at once (one image each).
+    parallel_calls: bool = False
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 NHWC [foreground, boundary] probabilities for a float32 NHWC batch."""
@@ -131,3 +134,8 @@ def from_output(values: np.ndarray, quantization: tuple[float, int] | None) -> n
         scale, zero_point = quantization
         return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
     return values.astype(np.float32, copy=False)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity, e.g. a container's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

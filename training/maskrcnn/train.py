@@ -3,7 +3,7 @@
 `MaskRCNNTrainer.train_step` is one seeded optimisation step on a batch of crops;
 `train_on_samples` is the loop around it, `train` the same on DSB2018 with the fixed split.
 Every ``validate_every`` steps the whole validation images go through the NumPy runtime (what
-ships) and are scored like the semantic models (training.train.selection_score). Run folder
+ships) and are scored like the semantic models (training.selection.selection_score). Run folder
 (``training/runs/<name>/``):
   config.json     the exact MaskRCNNTrainConfig
   log.csv         per checkpoint interval: mean losses, learning rate, validation metrics
@@ -41,11 +41,11 @@ from training.maskrcnn.manifest import model_manifest, save_model
 from training.maskrcnn.model import build_box_head, build_mask_head, build_stage1
 from training.maskrcnn.roi_align import roi_align
 from training.maskrcnn.targets import batch_targets
+from training.selection import selection_score
 from training.train import (
     VALIDATION_KEYS,
     _sampling_weights,
     machine_description,
-    selection_score,
 )
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "classification", "box", "mask")

@@ -40,7 +40,7 @@ from edgeseg.postprocess import relabel_sequential
 from edgeseg.preprocess import normalize
 from training.data_loading import load_validation
 from training.maskrcnn.manifest import model_manifest
-from training.train import selection_score
+from training.selection import selection_score
 
 SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DETECTION_NMS_IOUS = (0.3, 0.4, 0.5, 0.6)

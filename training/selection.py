@@ -1,0 +1,66 @@
+"""What "best on validation" means, for choosing epochs and post-processing thresholds alike.
+
+An epoch scored with the default thresholds can lose to an earlier one that merely suits
+those thresholds better (seen on unet_lite: the loop kept epoch 4, tuned 0.617, over the
+last epoch, tuned 0.685). So every epoch is scored at the best of a small threshold grid,
+the same way the final tuning (training/tune_postprocess.py) scores its larger one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from edgeseg.metrics import aggregate, score_image
+from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+
+#: The grid each epoch is scored on: the thresholds that moved validation most in tuning.
+EPOCH_GRID: Mapping[str, Sequence[float]] = {
+    "foreground_threshold": (0.5, 0.6, 0.7),
+    "boundary_threshold": (0.1, 0.3, 0.5),
+    "min_seed_area": (10,),
+    "min_area": (32,),
+}
+
+
+def selection_score(metrics: Mapping[str, float]) -> float:
+    """Mean of pixel IoU and DSB score: masks and instances both matter."""
+    return 0.5 * (metrics["pixel_iou"] + metrics["dsb_score"])
+
+
+def grid_settings(grid: Mapping[str, Sequence[float]]) -> list[PostprocessSettings]:
+    """Every combination of ``grid``'s values, other fields at their defaults."""
+    return [
+        replace(PostprocessSettings(), **dict(zip(grid, values, strict=True)))
+        for values in itertools.product(*grid.values())
+    ]
+
+
+def score_settings(
+    maps: Sequence[tuple[np.ndarray, np.ndarray]], settings: Iterable[PostprocessSettings]
+) -> list[dict]:
+    """Score each setting on (true labels, (H, W, 2) probabilities) pairs, predicted once."""
+    results = []
+    for setting in settings:
+        per_image = {
+            str(index): score_image(
+                truth, instances_from_probabilities(*probabilities.transpose(2, 0, 1), setting)
+            )
+            for index, (truth, probabilities) in enumerate(maps)
+        }
+        scores = aggregate(per_image)
+        results.append(
+            {
+                "settings": setting.to_dict(),
+                "validation": scores,
+                "selection_score": selection_score(scores),
+            }
+        )
+    return results
+
+
+def best_result(results: Sequence[dict]) -> dict:
+    return max(results, key=lambda result: result["selection_score"])
