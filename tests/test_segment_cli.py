@@ -348,3 +348,24 @@ def test_resume_after_kill(tmp_path: Path, model: Path) -> None:
     for index in range(8):
         assert tifffile.imread(out / f"i{index}_labels.tif").max() > 0
     assert not list(out.glob(".*.part*"))
+
+
+def test_onnx_models_run_one_single_threaded_image_per_core(model: Path, monkeypatch) -> None:
+    """Without --threads a batch runs an ONNX model on every core, one image each; with it,
+    one image on that many threads."""
+    from edgeseg.backends import base
+    from edgeseg.commands.segment import load_for_batch
+
+    made = []
+    real = load_segmenter
+
+    def spy(*args, **kwargs):
+        made.append(kwargs["threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("edgeseg.segmenter.load_segmenter", spy)
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert load_for_batch(str(model), None, None, None)[1] == 3
+    assert made[-1] == 1
+    assert load_for_batch(str(model), None, 2, None)[1] == 1
+    assert made[-1] == 2

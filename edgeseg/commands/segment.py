@@ -176,6 +176,7 @@ def segment(
     name = segmenter.manifest.get("name", "?")
     click.echo(
         f"{len(jobs)} images; model {name} on {segmenter.backend.name}"
+        f"{f', {workers} images at a time' if workers > 1 else ''}"
         f"{diameter_note(segmenter, diameter)}",
         err=True,
     )
