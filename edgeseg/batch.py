@@ -9,9 +9,10 @@ Built for unattended runs on a clinic workstation:
   written last, so a re-run skips exactly the images whose marker and outputs all exist and
   were made with the same model and settings (page, channel, nucleus diameter);
 * reading, inference and post-processing + writing overlap in threads joined by small
-  bounded queues, so memory stays a few images whatever the batch size; post-processing
-  (probabilities -> instances) runs on the writer thread, beside the network, not after it,
-  and models that allow it run on several images at once.
+  bounded queues, so memory stays a few images (two more per extra inference worker)
+  whatever the batch size; post-processing (probabilities -> instances) runs on the writer
+  thread, beside the network, not after it, and models that allow it run on two images at
+  once.
 """
 
 from __future__ import annotations
@@ -316,6 +317,16 @@ def _put(channel: queue.Queue, item: object, alive: Callable[[], bool]) -> bool:
     return False
 
 
+def _get(channel: queue.Queue, alive: Callable[[], bool]) -> object:
+    """Take from a queue, or _END once ``alive()`` is false (no deadlock on errors)."""
+    while alive():
+        try:
+            return channel.get(timeout=0.2)
+        except queue.Empty:
+            continue
+    return _END
+
+
 def _describe(error: BaseException) -> str:
     if isinstance(error, ImageReadError):
         return error.reason
@@ -332,8 +343,9 @@ def run_batch(
 ) -> list[ImageResult]:
     """Segment ``plan.todo``; return every result (skipped first) and write summary.csv.
 
-    ``inference_workers`` threads run the network on different images at once; only for a
-    segmenter whose ``parallel_calls`` allows it (see edgeseg.commands.segment).
+    ``inference_workers`` threads run the network on different images at once, for a
+    backend that allows it (edgeseg.backends.PARALLEL_BACKENDS); results then come in the
+    order images finish (summary.csv is always in input order).
 
     ``on_result`` is called from the writer thread once per finished image (progress bars).
     Setting ``cancel`` stops early and cleanly (edgeseg watch on SIGTERM): the image in
@@ -350,15 +362,18 @@ def run_batch(
     decoded: queue.Queue = queue.Queue(maxsize=PREFETCH)
     segmented: queue.Queue = queue.Queue(maxsize=PREFETCH)
 
+    def running() -> bool:
+        return not stop.is_set()
+
     def read_all() -> None:
         try:
             for job in plan.todo:
                 if cancel is not None and cancel.is_set():
                     return
-                if not _put(decoded, _read(job, settings), lambda: not stop.is_set()):
+                if not _put(decoded, _read(job, settings), running):
                     return
         finally:
-            _put(decoded, _END, lambda: not stop.is_set())
+            _put(decoded, _END, running)
 
     def write_all() -> None:
         last_summary = time.monotonic()
@@ -372,7 +387,7 @@ def run_batch(
                 last_summary = time.monotonic()
 
     def infer_all() -> None:
-        while (work := decoded.get()) is not _END:
+        while (work := _get(decoded, running)) is not _END:
             if cancel is not None and cancel.is_set():
                 continue  # decoded but not segmented: left for the next run
             if work.image is not None:
@@ -383,20 +398,21 @@ def run_batch(
                     work.error, work.image = _describe(error), None
                 work.seconds += time.perf_counter() - started
             if not _put(segmented, work, writer.is_alive):
-                break
-        decoded.put(_END)  # let the other inference workers see the end too
+                stop.set()  # the writer is gone: wind every stage down
+                return
+        _put(decoded, _END, running)  # the end of the input, for the other workers too
 
     reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
     workers = [_Stage(infer_all, f"edgeseg-infer{i}") for i in range(max(1, inference_workers))]
-    reader.start()
-    writer.start()
+    for stage in (reader, writer, *workers):
+        stage.start()
     try:
-        for worker in workers:
-            worker.start()
         for worker in workers:
             worker.join()
     finally:
         stop.set()  # on Ctrl-C: read no more, but write what is already segmented
+        for worker in workers:
+            worker.join()  # each finishes the image it holds
         _put(segmented, _END, writer.is_alive)
         writer.join()
         reader.join()

@@ -272,9 +272,6 @@ class MaskRCNNSegmenter:
             )
         return self.model.segment(normalize(image))
 
-    #: One image at a time: running its three graphs from several threads is untested.
-    parallel_calls = False
-
     def infer(self, image: np.ndarray, diameter: float | None = None) -> Callable[[], np.ndarray]:
         """``segment`` in the two-step form edgeseg.batch expects; here all work is done now
         (box and mask heads are inference too)."""

@@ -52,11 +52,6 @@ class Segmenter:
         self.settings = settings or postprocess_settings(manifest)
         self.tiles = tiles or TileSettings.from_manifest(manifest)
 
-    @property
-    def parallel_calls(self) -> bool:
-        """Whether several threads may segment at once (the backend allows it)."""
-        return self.backend.parallel_calls
-
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
         return predict_tiled(self.backend, normalize(image), self.tiles)
@@ -73,7 +68,7 @@ class Segmenter:
         """Run the network now; the returned call post-processes into ``segment``'s labels.
 
         Split so a batch pipeline can post-process one image on another thread while the
-        network runs on the next (edgeseg.batch).
+        network runs on the next (edgeseg.batch). With ``diameter`` all is done now.
         """
         if diameter is not None:
             labels = segment_at_diameter(

@@ -248,6 +248,31 @@ def test_parallel_inference_workers_give_the_same_results(tmp_path: Path) -> Non
     assert outputs[1] == outputs[2]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dead_writer_stops_the_run_instead_of_hanging_it(tmp_path: Path, workers: int) -> None:
+    _write_images(tmp_path / "in", 8)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+
+    def broken_progress_bar(_result: batch.ImageResult) -> None:
+        raise RuntimeError("progress bar broke")
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_batch(ThresholdSegmenter(delay=0.05), plan, settings, broken_progress_bar,
+                      inference_workers=workers)  # fmt: skip
+        except RuntimeError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "run_batch hung after its writer died"
+    assert "progress bar broke" in str(outcome[0])
+
+
 def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 2)
     jobs = discover_images([tmp_path / "in"])

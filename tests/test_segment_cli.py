@@ -317,6 +317,12 @@ main(sys.argv[1:])
 """
 
 
+def _done_markers(out: Path) -> set[str]:
+    """Stems with a done-marker; not a marker's temporary file that a kill left behind."""
+    markers = (out / ".edgeseg-done").glob("*.json")
+    return {path.stem for path in markers if not path.name.startswith(".")}
+
+
 def test_resume_after_kill(tmp_path: Path, model: Path) -> None:
     """SIGKILL mid-run, then re-run: everything done once, nothing done twice or half-trusted."""
     (tmp_path / "in").mkdir()
@@ -331,12 +337,12 @@ def test_resume_after_kill(tmp_path: Path, model: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while not list((out / ".edgeseg-done").glob("*.json")) and time.monotonic() < deadline:
+    while not _done_markers(out) and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = {path.stem for path in (out / ".edgeseg-done").glob("*.json")}
+    done_before = _done_markers(out)
     assert 1 <= len(done_before) < 8
     result = _run(model, tmp_path / "in", "-o", out)
     assert result.exit_code == 0
@@ -350,11 +356,11 @@ def test_resume_after_kill(tmp_path: Path, model: Path) -> None:
     assert not list(out.glob(".*.part*"))
 
 
-def test_onnx_models_run_one_single_threaded_image_per_core(model: Path, monkeypatch) -> None:
-    """Without --threads a batch runs an ONNX model on every core, one image each; with it,
-    one image on that many threads."""
+def test_onnx_models_run_two_images_at_once_on_half_the_cores(model: Path, monkeypatch) -> None:
+    """Without --threads a batch runs an ONNX model on two images at once; with it, one image
+    on that many threads."""
     from edgeseg.backends import base
-    from edgeseg.commands.segment import load_for_batch
+    from edgeseg.commands.segment import _runs_in_parallel, load_for_batch
 
     made = []
     real = load_segmenter
@@ -364,8 +370,11 @@ def test_onnx_models_run_one_single_threaded_image_per_core(model: Path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr("edgeseg.segmenter.load_segmenter", spy)
-    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert load_for_batch(str(model), None, None, None)[1] == 3
-    assert made[-1] == 1
-    assert load_for_batch(str(model), None, 2, None)[1] == 1
-    assert made[-1] == 2
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert load_for_batch(str(model), None, None, None)[1] == 2
+    assert made == [2]
+    assert load_for_batch(str(model), None, 3, None)[1] == 1
+    assert made == [2, 3]
+    assert _runs_in_parallel(str(model), None)
+    assert not _runs_in_parallel(str(model), "onnx-cuda")  # a GPU: one image at a time
+    assert not _runs_in_parallel(str(model.with_name("missing.onnx")), None)

@@ -178,6 +178,8 @@ def train_on_samples(
                     best_settings=best["settings"],
                 )
                 _atomic_save(inference_copy(self.model), run_dir / "model.keras")
+                # thresholds tuned for the weights this replaces no longer apply
+                (run_dir / "postprocess.json").unlink(missing_ok=True)
             _atomic_save(self.model, checkpoint_path)
             state["machine"] = machine_description()
             state_path.write_text(json.dumps(state, indent=2) + "\n")

@@ -15,7 +15,14 @@ from typing import Any
 from edgeseg.backends.base import Backend, BackendUnavailable, read_verified
 from edgeseg.manifest import ManifestError, read_manifest
 
-__all__ = ["BACKENDS", "SUFFIXES", "Backend", "BackendUnavailable", "load_backend"]
+__all__ = [
+    "BACKENDS",
+    "PARALLEL_BACKENDS",
+    "SUFFIXES",
+    "Backend",
+    "BackendUnavailable",
+    "load_backend",
+]
 
 #: Artifact format -> file suffixes.
 SUFFIXES = {
@@ -26,6 +33,10 @@ SUFFIXES = {
 }
 #: Every backend name ``load_backend`` accepts; the part before "-" is the format it runs.
 BACKENDS = ("onnx", "onnx-cuda", "onnx-tensorrt", "litert", "keras", "tensorrt")
+#: Backends whose ``predict`` several threads may call at once, one image each: an ONNX
+#: Runtime CPU session is thread-safe. (A LiteRT interpreter or TensorRT context is not; a
+#: GPU runs one image at a time best.)
+PARALLEL_BACKENDS = ("onnx",)
 
 
 def artifact_format(artifact: Path, manifest: Mapping[str, Any]) -> str:

@@ -32,8 +32,6 @@ class Backend(ABC):
     input_size: tuple[int, int] | None = None
     #: The batch size the network was exported for, or None when any batch works.
     fixed_batch: int | None = None
-    #: Whether several threads may call ``predict`` at once (one image each).
-    parallel_calls: bool = False
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 NHWC [foreground, boundary] probabilities for a float32 NHWC batch."""
@@ -137,5 +135,6 @@ def from_output(values: np.ndarray, quantization: tuple[float, int] | None) -> n
 
 
 def available_cores() -> int:
-    """The CPU cores this process may use (its affinity, e.g. a container's share)."""
+    """The CPU cores this process may run on (its affinity; a container's CPU quota is not
+    seen)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -37,8 +37,6 @@ _DTYPES = {
 
 
 class OnnxBackend(Backend):
-    parallel_calls = True  # an InferenceSession's run() is thread-safe
-
     def __init__(
         self,
         model: bytes,
