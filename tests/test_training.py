@@ -146,3 +146,19 @@ def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
     rates = [learning_rate(config, epoch) for epoch in range(10)]
     assert rates[0] < rates[1] == pytest.approx(config.learning_rate)
     assert all(a >= b for a, b in zip(rates[1:], rates[2:], strict=False))
+
+
+def test_model_card_reports_schedule_changes_and_wall_time_notes() -> None:
+    from training.card import schedule_change_lines, wall_time_line
+
+    state = {
+        "wall_seconds": 7200.0,
+        "machine": "x86_64, 2 cores",
+        "wall_time_note": "includes 12 min paused for benchmarks",
+        "schedule_changes": [{"after_epoch": 3, "epochs": [12, 10], "why": "to finish in time"}],
+    }
+    assert schedule_change_lines(state) == [
+        "- Schedule changed after epoch 3: 12 -> 10 epochs, to finish in time."
+    ]
+    assert "2.00 h on x86_64, 2 cores (CPU only, includes 12 min paused" in wall_time_line(state)
+    assert schedule_change_lines({}) == []

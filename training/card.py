@@ -51,10 +51,20 @@ def data_line(data_copy: str) -> str:
 
 
 def wall_time_line(state: dict) -> str:
+    note = state.get("wall_time_note", "shared with other work during the run")
     return (
         f"- Wall time: {state['wall_seconds'] / 3600:.2f} h on {state.get('machine', 'n/a')} "
-        "(CPU only, shared with other work during the run)."
+        f"(CPU only, {note})."
     )
+
+
+def schedule_change_lines(state: dict) -> list[str]:
+    """Changes made to a run's schedule while it ran (state.json ``schedule_changes``)."""
+    return [
+        f"- Schedule changed after epoch {change['after_epoch']}: "
+        f"{change['epochs'][0]} -> {change['epochs'][1]} epochs, {change['why']}."
+        for change in state.get("schedule_changes", [])
+    ]
 
 
 def results_tables(run_dir: Path, evaluations: dict, validation: dict) -> list[str]:
@@ -118,6 +128,7 @@ def render_card(run_dir: Path) -> str:
         f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
         f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
         f"float32; {_selected_epoch(state)}.",
+        *schedule_change_lines(state),
         wall_time_line(state),
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
         "",
