@@ -51,16 +51,19 @@ def score_settings(
             )
             for index, (truth, probabilities) in enumerate(maps)
         }
-        scores = aggregate(per_image)
-        results.append(
-            {
-                "settings": setting.to_dict(),
-                "validation": scores,
-                "selection_score": selection_score(scores),
-            }
-        )
+        results.append(scored_setting(setting.to_dict(), aggregate(per_image)))
     return results
 
 
+def scored_setting(settings: Mapping[str, float], validation: Mapping[str, float]) -> dict:
+    """One grid row as every tuner writes it to postprocess.json."""
+    return {
+        "settings": dict(settings),
+        "validation": dict(validation),
+        "selection_score": selection_score(validation),
+    }
+
+
 def best_result(results: Sequence[dict]) -> dict:
+    """The grid row with the highest selection score."""
     return max(results, key=lambda result: result["selection_score"])

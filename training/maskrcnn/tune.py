@@ -40,7 +40,7 @@ from edgeseg.postprocess import relabel_sequential
 from edgeseg.preprocess import normalize
 from training.data_loading import load_validation
 from training.maskrcnn.manifest import model_manifest
-from training.selection import selection_score
+from training.selection import best_result, scored_setting
 
 SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DETECTION_NMS_IOUS = (0.3, 0.4, 0.5, 0.6)
@@ -101,12 +101,11 @@ def tune(
         scores = image_scores(segmenter.model, normalize(sample.image), sample.labels)
         for collected, score in zip(per_image, scores, strict=True):
             collected[sample.id] = score
-    results = []
-    for setting, collected in zip(settings, per_image, strict=True):
-        validation = aggregate(collected)
-        score = selection_score(validation)
-        results.append({"settings": setting, "validation": validation, "selection_score": score})
-    best = max(results, key=lambda result: result["selection_score"])
+    results = [
+        scored_setting(setting, aggregate(collected))
+        for setting, collected in zip(settings, per_image, strict=True)
+    ]
+    best = best_result(results)
     return {
         "chosen": best["settings"],
         "validation": best["validation"],
