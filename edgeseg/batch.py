@@ -42,7 +42,7 @@ from edgeseg.imageio import (
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import write_overlay
 from edgeseg.preprocess import normalize, to_gray
-from edgeseg.rescale import recorded_diameter
+from edgeseg.rescale import Diameter, diameter_text, recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
@@ -77,8 +77,8 @@ class BatchSettings:
     overlay: bool = False
     overwrite: bool = False
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-    #: Typical nucleus diameter in the images (px), passed to segment(); None: as trained.
-    diameter: float | None = None
+    #: Typical nucleus diameter in the images (px) or "auto", passed to segment(); None: as is.
+    diameter: Diameter = None
 
     def outputs(self, stem: str) -> dict[str, Path]:
         names = {"nuclei": f"{stem}_nuclei.csv", "labels": f"{stem}_labels.{self.label_format}"}
@@ -481,7 +481,7 @@ def _write_outputs(
 def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> None:
     """OUT/summary.csv: one row per image in input order, rewritten atomically so it is never
     half a table. Every row was made with ``settings``, so each carries its diameter."""
-    diameter = "" if settings.diameter is None else f"{settings.diameter:g}"
+    diameter = diameter_text(settings.diameter)
     path = settings.output / SUMMARY_NAME
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)

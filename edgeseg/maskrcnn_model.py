@@ -32,7 +32,7 @@ from edgeseg.backends.base import BackendUnavailable, from_output, read_verified
 from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
 from edgeseg.preprocess import normalize
-from edgeseg.rescale import segment_at_diameter
+from edgeseg.rescale import Diameter, segment_at_diameter
 
 KIND = "maskrcnn"
 MANIFEST_NAME = "maskrcnn.json"
@@ -263,7 +263,7 @@ class MaskRCNNSegmenter:
         config = MaskRCNNConfig.from_dict(manifest["runtime"])
         self.model = MaskRCNN(config, graphs.stage1, graphs.box_head, graphs.mask_head)
 
-    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
+    def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels; ``diameter`` as
         in `edgeseg.segmenter.Segmenter.segment`."""
         if diameter is not None:
@@ -272,7 +272,7 @@ class MaskRCNNSegmenter:
             )
         return self.model.segment(normalize(image))
 
-    def infer(self, image: np.ndarray, diameter: float | None = None) -> Callable[[], np.ndarray]:
+    def infer(self, image: np.ndarray, diameter: Diameter = None) -> Callable[[], np.ndarray]:
         """``segment`` in the two-step form edgeseg.batch expects; here all work is done now
         (box and mask heads are inference too)."""
         labels = self.segment(image, diameter)

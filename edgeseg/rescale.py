@@ -5,13 +5,20 @@ A network only finds nuclei of about the size it was trained on: its manifest's
 Given the typical nucleus diameter in the user's images, the image is resized so its nuclei
 have that size, segmented, and the labels are resized back to the image's own shape. Both
 segmenters (U-Net family and Mask R-CNN) share this one implementation.
+
+``diameter="auto"`` measures it instead, as Cellpose's size estimate does from a first pass:
+the image is segmented as it is, and only if its nuclei come out far bigger than the model's
+(``AUTO_RATIO`` times) is it segmented again, shrunk to the model's scale. At such sizes a
+model splits each nucleus into textured pieces or misses it; nearer its own size, shrinking
+costs more boundary detail than it gains. Smaller nuclei are never enlarged automatically
+(a noisy first pass would multiply the work): give their diameter.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -25,6 +32,12 @@ TOLERANCE = 0.05
 MIN_SIDE = 16
 #: Enlarging past this is refused (inference needs about 60 bytes per pixel).
 MAX_MEGAPIXELS = DEFAULT_MAX_MEGAPIXELS
+#: ``diameter="auto"`` re-segments when the first pass's median nucleus is this many times
+#: the model's; chosen on the validation split and on it magnified 3x (training/README.md).
+AUTO_RATIO = 3.0
+AUTO = "auto"
+#: A nucleus diameter in pixels, AUTO to measure it, or None to segment at the image's scale.
+Diameter = float | Literal["auto"] | None
 #: Pixel types cv2.resize takes; others are resized as float32 (normalisation makes them so).
 _RESIZABLE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 
@@ -48,6 +61,11 @@ def diameter_scale(manifest: Mapping[str, Any], diameter: float) -> float:
         raise ValueError(
             f"the nucleus diameter must be a positive number of pixels, got {diameter}"
         )
+    return required_diameter(manifest) / diameter
+
+
+def required_diameter(manifest: Mapping[str, Any]) -> float:
+    """``recorded_diameter``, or a ValueError saying why rescaling is impossible without it."""
     model = recorded_diameter(manifest)
     if model is None:
         name = manifest.get("name") or manifest.get("artifact") or "this model"
@@ -56,7 +74,21 @@ def diameter_scale(manifest: Mapping[str, Any], diameter: float) -> float:
             "field), so images cannot be rescaled to its nucleus size; leave the diameter "
             "unset, or use a model whose manifest was regenerated or re-exported with it"
         )
-    return model / diameter
+    return model
+
+
+def diameter_text(diameter: Diameter) -> str:
+    """How a diameter reads in messages, summaries and fingerprints: "80", "12.5", "auto"."""
+    if diameter is None or diameter == AUTO:
+        return diameter or ""
+    return f"{diameter:g}"
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter 2*sqrt(area/pi) of the instances in ``labels``, or None."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
 
 
 def rescales(scale: float) -> bool:
@@ -67,7 +99,7 @@ def rescales(scale: float) -> bool:
 def segment_at_diameter(
     segment: Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,
-    diameter: float,
+    diameter: float | Literal["auto"],
     manifest: Mapping[str, Any],
     min_area: int,
 ) -> np.ndarray:
@@ -75,8 +107,15 @@ def segment_at_diameter(
 
     ``segment`` segments at the model's own scale; its labels are brought back with
     nearest-neighbour resizing to exactly (H, W), then renumbered 1..N with instances under
-    ``min_area`` pixels (slivers of the resize) dropped.
+    ``min_area`` pixels (slivers of the resize) dropped. AUTO: see the module docstring.
     """
+    if diameter == AUTO:
+        model = required_diameter(manifest)
+        labels = segment(image)
+        found = median_diameter(labels)
+        if found is None or found <= AUTO_RATIO * model:
+            return labels
+        diameter = found
     scale = diameter_scale(manifest, diameter)
     if not rescales(scale):
         return segment(image)

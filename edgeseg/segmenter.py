@@ -4,6 +4,7 @@
     segmenter = load_segmenter()              # the built-in default model
     labels = segmenter.segment(image)         # uint16 (H, W), 0 = background
     labels = segmenter.segment(image, diameter=70)  # nuclei ~70 px across, unlike DSB's
+    labels = segmenter.segment(image, diameter="auto")  # measured from a first pass
 
 Every path to labels (CLI, benchmarks, export checks) goes through `Segmenter.segment`:
 normalise once, predict probabilities tile by tile, post-process once on the full map.
@@ -26,7 +27,7 @@ from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize
-from edgeseg.rescale import segment_at_diameter
+from edgeseg.rescale import Diameter, segment_at_diameter
 from edgeseg.tiling import TileSettings, predict_tiled
 
 
@@ -56,15 +57,16 @@ class Segmenter:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
         return predict_tiled(self.backend, normalize(image), self.tiles)
 
-    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
+    def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels.
 
         ``diameter``: typical nucleus diameter in ``image``, in pixels, when it differs from
-        the training data's (the manifest's ``nucleus_diameter``); None segments as is.
+        the training data's (the manifest's ``nucleus_diameter``); "auto" measures it from a
+        first pass (edgeseg.rescale); None segments as is.
         """
         return self.infer(image, diameter)()
 
-    def infer(self, image: np.ndarray, diameter: float | None = None) -> Callable[[], np.ndarray]:
+    def infer(self, image: np.ndarray, diameter: Diameter = None) -> Callable[[], np.ndarray]:
         """Run the network now; the returned call post-processes into ``segment``'s labels.
 
         Split so a batch pipeline can post-process one image on another thread while the

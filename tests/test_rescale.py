@@ -120,6 +120,43 @@ def test_absurd_scales_are_refused_before_inference(diameter: float, problem: st
     assert segmenter.backend.shapes == []
 
 
+def test_auto_re_segments_only_nuclei_far_bigger_than_the_models() -> None:
+    from edgeseg.rescale import AUTO_RATIO, median_diameter
+
+    image, truth = synthetic_nuclei((80, 100), count=6, seed=5, touching=False)
+    segmenter = _segmenter()
+    found = median_diameter(segmenter.segment(image))
+    assert found is not None and found < AUTO_RATIO * MODEL_DIAMETER  # seen as it is
+    segmenter.backend.shapes.clear()
+    np.testing.assert_array_equal(segmenter.segment(image, "auto"), segmenter.segment(image))
+    assert segmenter.backend.shapes == [(1, 80, 100, 1)] * 2
+
+    big = cv2.resize(image, (500, 400), interpolation=cv2.INTER_LINEAR)  # nuclei x5
+    segmenter.backend.shapes.clear()
+    labels = segmenter.segment(big, diameter="auto")
+    first_pass = median_diameter(Segmenter(IdentityBackend(), MANIFEST).segment(big))
+    assert first_pass > AUTO_RATIO * MODEL_DIAMETER
+    scale = MODEL_DIAMETER / first_pass
+    assert segmenter.backend.shapes == [
+        (1, 400, 500, 1),
+        (1, round(400 * scale), round(500 * scale), 1),
+    ]
+    assert labels.shape == (400, 500)
+    big_truth = cv2.resize(truth, (500, 400), interpolation=cv2.INTER_NEAREST_EXACT)
+    assert _foreground_iou(labels, big_truth) > 0.9
+
+
+def test_auto_leaves_an_empty_image_alone_and_needs_a_recorded_diameter() -> None:
+    segmenter = _segmenter()
+    assert segmenter.segment(np.zeros((64, 64), np.uint8), diameter="auto").max() == 0
+    assert segmenter.backend.shapes == [(1, 64, 64, 1)]
+    manifest = {key: value for key, value in MANIFEST.items() if key != "nucleus_diameter"}
+    bare = _segmenter(manifest)
+    with pytest.raises(ValueError, match="'fake-unet' records no nucleus_diameter"):
+        bare.segment(np.zeros((64, 64), np.uint8), diameter="auto")
+    assert bare.backend.shapes == []
+
+
 def test_maskrcnn_takes_the_same_keyword(monkeypatch: pytest.MonkeyPatch) -> None:
     def never(batch: np.ndarray) -> dict[str, np.ndarray]:
         raise AssertionError("the graphs are replaced by a stand-in here")

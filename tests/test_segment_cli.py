@@ -258,7 +258,8 @@ def test_help_teaches(tmp_path: Path) -> None:
     for text in ("_labels.tif", "_nuclei.csv", "summary.csv", "--overwrite", "Resume", "a__X"):
         assert text in result.output
     words = " ".join(result.output.split())
-    assert "--diameter PX Typical nucleus diameter in your images, in pixels" in words
+    assert "--diameter PX|auto Typical nucleus diameter in your images, in pixels" in words
+    assert "'auto' measures it per image" in words
     assert "(the model's value is in its manifest" in words and "DSB-like images" in words
     (limit,) = [param for param in segment.params if param.name == "max_megapixels"]
     assert f"[default: {DEFAULT_MAX_MEGAPIXELS:g}]" in limit.help
@@ -299,9 +300,30 @@ def test_diameter_needs_a_model_that_recorded_one(tmp_path: Path, model: Path) -
     assert result.exit_code == 1
     assert "--diameter 40: model 'threshold-test' records no nucleus_diameter" in result.output
     assert not (tmp_path / "out").exists()
-    for bad in ("0", "-3"):
+    for bad in ("0", "-3", "big"):
         refused = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", bad)
         assert refused.exit_code == 2 and "--diameter" in refused.output
+    auto = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", "auto")
+    assert auto.exit_code == 1 and "--diameter auto: model 'threshold-test'" in auto.output
+
+
+def test_auto_diameter_is_recorded_and_part_of_resume(tmp_path: Path) -> None:
+    sized = threshold_model(tmp_path / "model" / "sized.onnx", nucleus_diameter=18.0)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    out = tmp_path / "out"
+    result = _run(sized, tmp_path / "in", "-o", out, "--diameter", "AUTO")
+    assert result.exit_code == 0, result.output
+    assert "come out over 54 px are re-segmented shrunk to the model's 18 px" in result.stderr
+    segmenter = load_segmenter(sized, threads=1)
+    image = cv2.imread(str(tmp_path / "in" / "a.png"), cv2.IMREAD_UNCHANGED)
+    labels = tifffile.imread(out / "a_labels.tif")
+    np.testing.assert_array_equal(labels, segmenter.segment(image, diameter="auto"))
+    assert _summary(out)[0]["diameter_px"] == "auto"
+    marker = json.loads((out / ".edgeseg-done" / "a.json").read_text())
+    assert marker["settings"]["diameter"] == "auto"
+    refused = _run(sized, tmp_path / "in", "-o", out, "--diameter", "18")
+    assert refused.exit_code == 1 and "other settings" in refused.output
 
 
 SLOW_RUN = """

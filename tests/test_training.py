@@ -40,6 +40,18 @@ def test_crops_have_the_configured_shape_and_are_deterministic() -> None:
     assert set(np.unique(first[1])) <= {0, 1}
 
 
+def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:
+    from training.evaluate_run import magnified
+
+    image, labels = synthetic_nuclei((40, 50), count=6, seed=3, touching=False)
+    big_image, big_labels = magnified(image, labels.astype(np.int32), 3.0)
+    assert big_image.shape == (120, 150) and big_labels.shape == (120, 150)
+    assert big_labels.dtype == np.int32
+    assert set(np.unique(big_labels)) == set(np.unique(labels))
+    for label in np.unique(labels)[1:]:
+        assert (big_labels == label).sum() == 9 * (labels == label).sum()
+
+
 @pytest.mark.parametrize("name", ["simple_cnn", "unet", "resnet"])
 def test_models_are_fully_convolutional(name: str) -> None:
     from training.models import SIZE_MULTIPLE, build_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,11 +23,25 @@ split_option = click.option(
     help="Which stage1_* folder of --data to use; ignored for a dataset folder.",
 )
 
+
+class DiameterType(click.ParamType):
+    """A positive number of pixels, or "auto"."""
+
+    name = "diameter"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return click.FloatRange(min=0, min_open=True).convert(value, param, ctx)
+
+
 diameter_option = click.option(
     "--diameter",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="PX",
+    type=DiameterType(),
+    metavar="PX|auto",
     help="Typical nucleus diameter in your images, in pixels; images are rescaled so nuclei "
     "match the size the model was trained on (the model's value is in its manifest, "
-    "nucleus_diameter). Leave unset for DSB-like images.",
+    "nucleus_diameter). 'auto' measures it per image from a first pass and re-segments "
+    "only images whose nuclei are far bigger than the model's (e.g. 40x-63x objectives). "
+    "Leave unset for DSB-like images.",
 )

@@ -14,6 +14,7 @@ from edgeseg.commands.options import diameter_option
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
     from edgeseg.maskrcnn_model import MaskRCNNSegmenter
+    from edgeseg.rescale import Diameter
     from edgeseg.segmenter import Segmenter
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
@@ -90,7 +91,7 @@ def segment(
     channel: int | None,
     page: int | None,
     tile: int | None,
-    diameter: float | None,
+    diameter: Diameter,
     threads: int | None,
     overlay: bool,
     overwrite: bool,
@@ -134,6 +135,7 @@ def segment(
       edgeseg segment plate1/ plate2/ -o results/ --overlay
       edgeseg segment stack.ome.tif --channel 0 --page 12 -o results/
       edgeseg segment 40x_scans/ -o results/ --diameter 80
+      edgeseg segment mixed_scans/ -o results/ --diameter auto
       edgeseg segment images/ -o results/ --model exported/unet.onnx --threads 4
     """
     from tqdm import tqdm
@@ -217,7 +219,7 @@ def load_for_batch(
     backend: str | None,
     threads: int | None,
     tile: int | None,
-    diameter: float | None = None,
+    diameter: Diameter = None,
 ) -> tuple[Segmenter | MaskRCNNSegmenter, int]:
     """The model for many images, and how many images it runs at once.
 
@@ -255,31 +257,39 @@ def load_segmenter_or_fail(
     backend: str | None,
     threads: int | None,
     tile: int | None,
-    diameter: float | None = None,
+    diameter: Diameter = None,
 ) -> Segmenter | MaskRCNNSegmenter:
     """Load the model for a command; any reason it cannot load, or cannot serve --diameter
     (no nucleus size in its manifest), becomes one clear CLI error before any image is read."""
-    from edgeseg.rescale import diameter_scale
+    from edgeseg.rescale import AUTO, diameter_scale, diameter_text, required_diameter
     from edgeseg.segmenter import load_segmenter
 
     try:
         segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
     except (LookupError, ValueError, RuntimeError, OSError) as error:
         raise click.ClickException(f"cannot load the model: {error}") from error
-    if diameter is not None:
-        try:
+    try:
+        if diameter == AUTO:
+            required_diameter(segmenter.manifest)
+        elif diameter is not None:
             diameter_scale(segmenter.manifest, diameter)
-        except ValueError as error:
-            raise click.ClickException(f"--diameter {diameter:g}: {error}") from error
+    except ValueError as error:
+        raise click.ClickException(f"--diameter {diameter_text(diameter)}: {error}") from error
     return segmenter
 
 
-def diameter_note(segmenter: Segmenter | MaskRCNNSegmenter, diameter: float | None) -> str:
+def diameter_note(segmenter: Segmenter | MaskRCNNSegmenter, diameter: Diameter) -> str:
     """How --diameter rescales images, for the line a command prints when it starts."""
     if diameter is None:
         return ""
-    from edgeseg.rescale import diameter_scale, recorded_diameter, rescales
+    from edgeseg.rescale import AUTO, AUTO_RATIO, diameter_scale, recorded_diameter, rescales
 
+    if diameter == AUTO:
+        model = recorded_diameter(segmenter.manifest)
+        return (
+            f"; images whose nuclei come out over {AUTO_RATIO * model:g} px are re-segmented "
+            f"shrunk to the model's {model:g} px"
+        )
     scale = diameter_scale(segmenter.manifest, diameter)
     action = f"rescaled x{scale:.3g}" if rescales(scale) else "not rescaled"
     model = recorded_diameter(segmenter.manifest)

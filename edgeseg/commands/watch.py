@@ -8,10 +8,14 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from edgeseg.commands.segment import diameter_note, load_segmenter_or_fail, segment
+
+if TYPE_CHECKING:
+    from edgeseg.rescale import Diameter
 
 # Options with exactly `edgeseg segment`'s meaning, shared so the two never drift apart.
 SHARED_OPTIONS = (
@@ -76,7 +80,7 @@ def watch(
     channel: int | None,
     page: int | None,
     tile: int | None,
-    diameter: float | None,
+    diameter: Diameter,
     threads: int | None,
     overlay: bool,
     label_format: str,
