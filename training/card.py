@@ -25,6 +25,11 @@ METRICS = (
 )
 
 
+#: Card columns, each from eval_<split>.json; validation_x3 (training.evaluate_run --magnify 3)
+#: shows how a model copes with nuclei three times the size of its training data's.
+SPLITS = ("train", "validation", "validation_x3", "test")
+
+
 def _percent(value: float | None, key: str) -> str:
     if value is None:
         return "not measured"
@@ -69,8 +74,9 @@ def schedule_change_lines(state: dict) -> list[str]:
 
 def results_tables(run_dir: Path, evaluations: dict, validation: dict) -> list[str]:
     """Metric x split table, then the test split by imaging modality (from eval_test.json)."""
-    splits = [s for s in ("train", "validation", "test") if s in evaluations or s == "validation"]
-    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    splits = [s for s in SPLITS if s in evaluations or s == "validation"]
+    titles = [s.replace("_x3", " enlarged x3") for s in splits]
+    lines = ["| metric | " + " | ".join(titles) + " |", "|---|" + "---|" * len(splits)]
     for key, title in METRICS:
         values = [
             _percent((validation if s == "validation" else evaluations[s]).get(key), key)
@@ -94,7 +100,7 @@ def results_tables(run_dir: Path, evaluations: dict, validation: dict) -> list[s
 def read_evaluations(run_dir: Path) -> dict[str, dict]:
     """The aggregate scores of every eval_<split>.json in the run folder."""
     evaluations = {}
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         path = run_dir / f"eval_{split}.json"
         if path.is_file():
             evaluations[split] = json.loads(path.read_text())["aggregate"]
