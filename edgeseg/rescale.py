@@ -115,6 +115,9 @@ def segment_at_diameter(
         found = median_diameter(labels)
         if found is None or found <= AUTO_RATIO * model:
             return labels
+        shrunk_side = min(image.shape[:2]) * model / found
+        if round(shrunk_side) < MIN_SIDE:  # e.g. a strip: keep the first pass, never fail
+            return labels
         diameter = found
     scale = diameter_scale(manifest, diameter)
     if not rescales(scale):

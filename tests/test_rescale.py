@@ -146,6 +146,15 @@ def test_auto_re_segments_only_nuclei_far_bigger_than_the_models() -> None:
     assert _foreground_iou(labels, big_truth) > 0.9
 
 
+def test_auto_keeps_the_first_pass_when_shrinking_leaves_too_little() -> None:
+    strip = np.zeros((40, 600), np.uint8)
+    strip[2:38, 20:580] = 255  # one object ~160 px across: shrunk x0.125 the strip is 5 px high
+    segmenter = _segmenter()
+    labels = segmenter.segment(strip, diameter="auto")
+    np.testing.assert_array_equal(labels, segmenter.segment(strip))
+    assert labels.max() == 1
+
+
 def test_auto_leaves_an_empty_image_alone_and_needs_a_recorded_diameter() -> None:
     segmenter = _segmenter()
     assert segmenter.segment(np.zeros((64, 64), np.uint8), diameter="auto").max() == 0

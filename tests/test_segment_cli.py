@@ -303,6 +303,7 @@ def test_diameter_needs_a_model_that_recorded_one(tmp_path: Path, model: Path) -
     for bad in ("0", "-3", "big"):
         refused = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", bad)
         assert refused.exit_code == 2 and "--diameter" in refused.output
+    assert "neither a positive number of pixels nor 'auto'" in refused.output
     auto = _run(model, tmp_path / "in", "-o", tmp_path / "out", "--diameter", "auto")
     assert auto.exit_code == 1 and "--diameter auto: model 'threshold-test'" in auto.output
 

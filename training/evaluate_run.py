@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -73,6 +74,19 @@ def evaluate_run(
     }
 
 
+def parse_diameter(parser: argparse.ArgumentParser, text: str | None) -> Diameter:
+    """``--diameter`` as `edgeseg segment` reads it: None, "auto" (any case) or pixels > 0."""
+    if text is None or text.strip().lower() == AUTO:
+        return None if text is None else AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        parser.error(f"--diameter {text!r} is neither a positive number of pixels nor 'auto'")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -86,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.magnify <= 0:
         parser.error("--magnify must be positive")
-    diameter = args.diameter if args.diameter in (None, AUTO) else float(args.diameter)
+    diameter = parse_diameter(parser, args.diameter)
     result = evaluate_run(
         args.run_dir, args.data, args.split, args.cache_dir, args.magnify, diameter
     )

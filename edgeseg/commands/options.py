@@ -32,7 +32,10 @@ class DiameterType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
-        return click.FloatRange(min=0, min_open=True).convert(value, param, ctx)
+        try:
+            return click.FloatRange(min=0, min_open=True).convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is neither a positive number of pixels nor 'auto'", param, ctx)
 
 
 diameter_option = click.option(
