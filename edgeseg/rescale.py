@@ -115,16 +115,20 @@ def segment_at_diameter(
         found = median_diameter(labels)
         if found is None or found <= AUTO_RATIO * model:
             return labels
-        shrunk_side = min(image.shape[:2]) * model / found
-        if round(shrunk_side) < MIN_SIDE:  # e.g. a strip: keep the first pass, never fail
-            return labels
+        if _size_problem(_scaled_size(image, model / found), image) is not None:
+            return labels  # e.g. a strip too thin to shrink: keep the first pass, never fail
         diameter = found
     scale = diameter_scale(manifest, diameter)
     if not rescales(scale):
         return segment(image)
     height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 order: (W, H)
-    _check_size(size, (width, height), scale, diameter)
+    size = _scaled_size(image, scale)
+    if (problem := _size_problem(size, image)) is not None:
+        raise ValueError(
+            f"nuclei {diameter:g} px across need this {width}x{height} image rescaled "
+            f"x{scale:.3g} to {size[0]}x{size[1]}, {problem}: check the diameter (pixels of "
+            "this image)"
+        )
     source = image if image.dtype in _RESIZABLE else image.astype(np.float32)
     resized = cv2.resize(
         source, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -138,20 +142,17 @@ def segment_at_diameter(
     return relabel_sequential(restored, min_area)
 
 
-def _check_size(
-    size: tuple[int, int], original: tuple[int, int], scale: float, diameter: float
-) -> None:
-    """Refuse a rescaled image too small to hold a nucleus, or too large to fit in memory."""
-    width, height = size
-    pixels = width * height
-    if min(size) >= MIN_SIDE and pixels <= max(MAX_MEGAPIXELS * 1e6, math.prod(original)):
-        return
-    problem = (
-        f"smaller than {MIN_SIDE} pixels a side"
-        if min(size) < MIN_SIDE
-        else f"more than {MAX_MEGAPIXELS:g} megapixels"
-    )
-    raise ValueError(
-        f"nuclei {diameter:g} px across need this {original[0]}x{original[1]} image rescaled "
-        f"x{scale:.3g} to {width}x{height}, {problem}: check the diameter (pixels of this image)"
-    )
+def _scaled_size(image: np.ndarray, scale: float) -> tuple[int, int]:
+    """``image``'s (width, height), cv2's order, once rescaled by ``scale``."""
+    height, width = image.shape[:2]
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _size_problem(size: tuple[int, int], image: np.ndarray) -> str | None:
+    """Why ``image`` cannot be segmented at ``size``: too small to hold a nucleus, or too
+    large to fit in memory; None when it can."""
+    if min(size) < MIN_SIDE:
+        return f"smaller than {MIN_SIDE} pixels a side"
+    if math.prod(size) > max(MAX_MEGAPIXELS * 1e6, math.prod(image.shape[:2])):
+        return f"more than {MAX_MEGAPIXELS:g} megapixels"
+    return None
