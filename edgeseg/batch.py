@@ -79,6 +79,8 @@ class BatchSettings:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     #: Typical nucleus diameter in the images (px) or "auto", passed to segment(); None: as is.
     diameter: Diameter = None
+    #: Whether the segmenter averages over flipped images (edgeseg.test_time_flips).
+    test_time_flips: bool = False
 
     def outputs(self, stem: str) -> dict[str, Path]:
         names = {"nuclei": f"{stem}_nuclei.csv", "labels": f"{stem}_labels.{self.label_format}"}
@@ -92,8 +94,8 @@ class BatchSettings:
     def fingerprint(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """What makes two runs' labels differ: outputs made otherwise are never reused.
 
-        The diameter keys appear only when a diameter is given, so results made before
-        --diameter existed still resume. The model's own diameter is included because a
+        The diameter and flip keys appear only when those options are used, so results made
+        before the options existed still resume. The model's own diameter is included because a
         regenerated manifest changes the scale without changing the artifact's sha256.
         """
         fingerprint = {
@@ -105,6 +107,8 @@ class BatchSettings:
         if self.diameter is not None:
             fingerprint["diameter"] = self.diameter
             fingerprint["model_diameter"] = recorded_diameter(manifest)
+        if self.test_time_flips:
+            fingerprint["test_time_flips"] = True
         return fingerprint
 
 

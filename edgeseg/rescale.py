@@ -77,6 +77,19 @@ def required_diameter(manifest: Mapping[str, Any]) -> float:
     return model
 
 
+def parse_diameter(text: str) -> float | Literal["auto"]:
+    """A diameter as typed: "auto" (any case) or a finite number of pixels > 0."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{text!r} is neither a positive number of pixels nor 'auto'")
+    return value
+
+
 def diameter_text(diameter: Diameter) -> str:
     """How a diameter reads in messages, summaries and fingerprints: "80", "12.5", "auto"."""
     if diameter is None or diameter == AUTO:

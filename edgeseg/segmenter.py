@@ -5,6 +5,7 @@
     labels = segmenter.segment(image)         # uint16 (H, W), 0 = background
     labels = segmenter.segment(image, diameter=70)  # nuclei ~70 px across, unlike DSB's
     labels = segmenter.segment(image, diameter="auto")  # measured from a first pass
+    segmenter = load_segmenter(test_time_flips=True)  # 4x the network cost, a little better
 
 Every path to labels (CLI, benchmarks, export checks) goes through `Segmenter.segment`:
 normalise once, predict probabilities tile by tile, post-process once on the full map.
@@ -28,6 +29,7 @@ from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize
 from edgeseg.rescale import Diameter, segment_at_diameter
+from edgeseg.test_time_flips import predict_flip_averaged
 from edgeseg.tiling import TileSettings, predict_tiled
 
 
@@ -39,7 +41,8 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
 
 
 class Segmenter:
-    """A loaded model plus the tiling and post-processing settings that go with it."""
+    """A loaded model plus the tiling and post-processing settings that go with it;
+    ``test_time_flips`` averages the predictions for the image and its three mirror images."""
 
     def __init__(
         self,
@@ -47,15 +50,18 @@ class Segmenter:
         manifest: Mapping[str, Any],
         settings: PostprocessSettings | None = None,
         tiles: TileSettings | None = None,
+        test_time_flips: bool = False,
     ) -> None:
         self.backend = backend
         self.manifest = dict(manifest)
         self.settings = settings or postprocess_settings(manifest)
         self.tiles = tiles or TileSettings.from_manifest(manifest)
+        self.test_time_flips = test_time_flips
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
-        return predict_tiled(self.backend, normalize(image), self.tiles)
+        predict = predict_flip_averaged if self.test_time_flips else predict_tiled
+        return predict(self.backend, normalize(image), self.tiles)
 
     def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels.
@@ -92,21 +98,23 @@ def load_segmenter(
     overlap: int | None = None,
     batch_size: int | None = None,
     allow_rejected: bool = False,
+    test_time_flips: bool = False,
 ) -> Segmenter | MaskRCNNSegmenter:
     """Load a built-in model by name (None: the default) or an exported artifact by path.
 
     ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
     threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling. An artifact
     that failed its export accuracy gate is refused unless ``allow_rejected`` (benchmarks).
+    ``test_time_flips`` averages over the image's mirror images (edgeseg.test_time_flips).
     A Mask R-CNN (three graphs) is named by its manifest, ``.../model/maskrcnn.json``; it
-    segments whole images, so the tiling options do not apply to it.
+    segments whole images, so the tiling options and flip averaging do not apply to it.
     """
     artifact = resolve_model(model)
     if artifact.suffix.lower() == ".json":  # a multi-graph model, named by its manifest
-        if (tile, overlap, batch_size) != (None, None, None):
+        if (tile, overlap, batch_size) != (None, None, None) or test_time_flips:
             raise ValueError(
-                f"{artifact}: Mask R-CNN segments whole images; tile, overlap and batch size "
-                "do not apply"
+                f"{artifact}: Mask R-CNN segments whole images; tile, overlap, batch size "
+                "and test-time flips do not apply"
             )
         return load_maskrcnn(
             artifact, backend=backend, threads=threads, allow_rejected=allow_rejected
@@ -127,4 +135,5 @@ def load_segmenter(
         tiles=TileSettings.from_manifest(
             manifest, size=tile, overlap=overlap, batch_size=batch_size
         ),
+        test_time_flips=test_time_flips,
     )

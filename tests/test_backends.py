@@ -204,6 +204,34 @@ def test_litert_int8_quantizes_input_and_dequantizes_output(keras_exports: dict)
     assert np.abs(probabilities - expected).max() < 0.02  # int8 error, not a scale mix-up
 
 
+@pytest.mark.parametrize(
+    ("v2", "v1", "quota"),
+    [
+        ("max 100000\n", None, None),
+        ("150000 100000\n", None, 2),
+        ("50000 100000\n", None, 1),
+        (None, ("-1", "100000"), None),
+        (None, ("400000", "100000"), 4),
+        (None, None, None),
+    ],
+)
+def test_container_cpu_quota_caps_the_cores(tmp_path, monkeypatch, v2, v1, quota) -> None:
+    """A quota of 1.5 cores allows 2 threads; "max" or -1 means no quota; no files, none."""
+    from edgeseg.backends import base
+
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(v1[0] + "\n")
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(v1[1] + "\n")
+    monkeypatch.setattr(base, "CGROUP_V2_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(base, "CGROUP_V1_CPU", tmp_path / "cpu")
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert base.cgroup_cpu_quota() == quota
+    assert base.available_cores() == (quota or 8)
+
+
 @pytest.mark.tensorflow
 def test_litert_uses_every_core_unless_told(keras_exports: dict, monkeypatch) -> None:
     """LiteRT's own default is one thread, which halved its speed in the benchmark."""
@@ -215,6 +243,7 @@ def test_litert_uses_every_core_unless_told(keras_exports: dict, monkeypatch) ->
         litert, "interpreter_class", lambda: lambda **kw: made.append(kw) or real(**kw)
     )
     monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(base, "cgroup_cpu_quota", lambda: None)
     load_backend(keras_exports["float"])
     load_backend(keras_exports["float"], threads=1)
     assert [kw["num_threads"] for kw in made] == [3, 1]

@@ -72,6 +72,8 @@ def test_segment_runs_the_maskrcnn_model(run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "x_labels.tif").is_file()
     with pytest.raises(ValueError, match="whole images"):
         load_segmenter(model_manifest(run), tile=64)
+    with pytest.raises(ValueError, match="test-time flips do not apply"):
+        load_segmenter(model_manifest(run), test_time_flips=True)
 
 
 def test_a_tampered_graph_is_refused_by_name(run: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from conftest import synthetic_nuclei
 from edgeseg.backends.base import Backend
 from edgeseg.maskrcnn import MaskRCNNConfig
 from edgeseg.maskrcnn_model import MaskRCNNGraphs, MaskRCNNSegmenter
+from edgeseg.rescale import parse_diameter
 from edgeseg.segmenter import Segmenter
 
 MODEL_DIAMETER = 20.0
@@ -188,3 +189,16 @@ def test_maskrcnn_takes_the_same_keyword(monkeypatch: pytest.MonkeyPatch) -> Non
     labels = sized.segment(image, diameter=2 * MODEL_DIAMETER)
     assert seen == [(60, 80)] and labels.shape == image.shape
     assert _foreground_iou(labels, truth) > 0.8
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("auto", "auto"), (" AUTO ", "auto"), ("80", 80.0), ("12.5", 12.5)]
+)
+def test_diameter_text_is_parsed_as_pixels_or_auto(text: str, expected: object) -> None:
+    assert parse_diameter(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "nan", "inf", "big", ""])
+def test_diameter_text_that_is_no_size_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="neither a positive number of pixels nor 'auto'"):
+        parse_diameter(text)

@@ -327,6 +327,24 @@ def test_auto_diameter_is_recorded_and_part_of_resume(tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "other settings" in refused.output
 
 
+def test_tta_averages_flips_and_is_part_of_resume(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    out = tmp_path / "out"
+    result = _run(model, tmp_path / "in", "-o", out, "--tta")
+    assert result.exit_code == 0, result.output
+    assert "each image averaged with its 3 mirror images (--tta)" in result.stderr
+    image = cv2.imread(str(tmp_path / "in" / "a.png"), cv2.IMREAD_UNCHANGED)
+    expected = load_segmenter(model, threads=1, test_time_flips=True).segment(image)
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), expected)
+    marker = json.loads((out / ".edgeseg-done" / "a.json").read_text())
+    assert marker["settings"]["test_time_flips"] is True
+    refused = _run(model, tmp_path / "in", "-o", out)
+    assert refused.exit_code == 1 and "other settings" in refused.output
+    assert _run(model, tmp_path / "in", "-o", out, "--tta").exit_code == 0
+    assert _summary(out)[0]["status"] == "skipped"
+
+
 SLOW_RUN = """
 import sys, time
 import edgeseg.segmenter as s
@@ -394,6 +412,7 @@ def test_onnx_models_run_two_images_at_once_on_half_the_cores(model: Path, monke
 
     monkeypatch.setattr("edgeseg.segmenter.load_segmenter", spy)
     monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(base, "cgroup_cpu_quota", lambda: None)
     assert load_for_batch(str(model), None, None, None)[1] == 2
     assert made == [2]
     assert load_for_batch(str(model), None, 3, None)[1] == 1

@@ -40,6 +40,29 @@ def test_crops_have_the_configured_shape_and_are_deterministic() -> None:
     assert set(np.unique(first[1])) <= {0, 1}
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.6])
+def test_uneven_illumination_dims_regions_smoothly_and_only_when_asked(strength: float) -> None:
+    from training.augment import AugmentConfig, augmented_crop
+
+    flat = np.full((80, 80), 0.5, np.float32)
+    config = AugmentConfig(
+        crop=64,
+        scale_range=(1.0, 1.0),
+        gamma_range=(1.0, 1.0),
+        contrast_range=(1.0, 1.0),
+        noise_std_max=0.0,
+        blur_probability=0.0,
+        uneven_illumination=strength,
+    )
+    crop, _ = augmented_crop(flat, np.zeros((80, 80), np.int32), config, np.random.default_rng(7))
+    spread = float(crop.max() - crop.min())
+    if strength == 0.0:
+        assert spread == 0.0
+    else:
+        assert 0.05 < spread <= 0.5 * strength + 1e-6
+        assert np.abs(np.diff(crop[..., 0], axis=0)).max() < 0.02  # a smooth field, not noise
+
+
 def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:
     from training.evaluate_run import magnified
 

@@ -11,14 +11,14 @@ published test numbers come from the user-facing commands.
 other labs image at other magnifications, and DSB's training ids hold few nuclei much bigger
 than their median, so this asks, without touching the test split, whether a model still finds
 whole nuclei when they are several times the size it mostly saw. ``--diameter auto`` (or a
-number) segments as `edgeseg segment --diameter` does (``eval_<split>_x3_auto.json``).
+number) segments as `edgeseg segment --diameter` does (``eval_<split>_x3_auto.json``), and
+``--tta`` as `edgeseg segment --tta` (``eval_<split>_tta.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.metrics import aggregate, score_image
-from edgeseg.rescale import AUTO, Diameter, diameter_text
+from edgeseg.rescale import Diameter, diameter_text, parse_diameter
 from edgeseg.segmenter import load_segmenter
 from training.config import TrainConfig
 from training.data_loading import load_train_validation
@@ -53,10 +53,11 @@ def evaluate_run(
     cache_dir: Path,
     magnify: float = 1.0,
     diameter: Diameter = None,
+    test_time_flips: bool = False,
 ) -> dict:
     """Training ids are scored on the copy the run trained on, validation ids on the original
     stage1_train masks (what training validated and selected on)."""
-    segmenter = load_segmenter(run_dir / "model.keras")
+    segmenter = load_segmenter(run_dir / "model.keras", test_time_flips=test_time_flips)
     data_copy = TrainConfig.from_file(run_dir / "config.json").data_copy
     train_samples, validation = load_train_validation(data_root, data_copy, cache_dir)
     samples, copy = (train_samples, data_copy) if split == "train" else (validation, "stage1_train")
@@ -71,20 +72,8 @@ def evaluate_run(
         "data": copy,
         "magnify": magnify,
         "diameter": diameter,
+        "test_time_flips": test_time_flips,
     }
-
-
-def parse_diameter(parser: argparse.ArgumentParser, text: str | None) -> Diameter:
-    """``--diameter`` as `edgeseg segment` reads it: None, "auto" (any case) or pixels > 0."""
-    if text is None or text.strip().lower() == AUTO:
-        return None if text is None else AUTO
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        parser.error(f"--diameter {text!r} is neither a positive number of pixels nor 'auto'")
-    return value
 
 
 def main() -> None:
@@ -96,16 +85,21 @@ def main() -> None:
     parser.add_argument(
         "--magnify", type=float, default=1.0, help="enlarge images and masks this many times"
     )
-    parser.add_argument("--diameter", help='nucleus diameter in pixels, or "auto"')
+    parser.add_argument(
+        "--diameter", type=parse_diameter, help='nucleus diameter in pixels, or "auto"'
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="average over flipped images (segment --tta)"
+    )
     args = parser.parse_args()
     if args.magnify <= 0:
         parser.error("--magnify must be positive")
-    diameter = parse_diameter(parser, args.diameter)
     result = evaluate_run(
-        args.run_dir, args.data, args.split, args.cache_dir, args.magnify, diameter
+        args.run_dir, args.data, args.split, args.cache_dir, args.magnify, args.diameter, args.tta
     )
     suffix = "" if args.magnify == 1.0 else f"_x{args.magnify:g}"
-    suffix += "" if diameter is None else f"_{diameter_text(diameter)}"
+    suffix += "" if args.diameter is None else f"_{diameter_text(args.diameter)}"
+    suffix += "_tta" if args.tta else ""
     out = args.run_dir / f"eval_{args.split}{suffix}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{out}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["aggregate"].items()))

@@ -134,7 +134,39 @@ def from_output(values: np.ndarray, quantization: tuple[float, int] | None) -> n
     return values.astype(np.float32, copy=False)
 
 
+#: Where Linux states a container's CPU quota: cgroup v2, then v1 (quota and period files).
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity; a container's CPU quota is not
-    seen)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPU cores this process may use: its affinity, capped by a container's CPU quota.
+
+    `docker run --cpus 2` on a 32-core host leaves the affinity at 32; running 32 threads
+    then makes every image slower, so the quota (cgroup cpu.max) counts too.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def cgroup_cpu_quota() -> int | None:
+    """Whole cores allowed by this process's cgroup CPU quota (rounded up), None if unlimited."""
+    try:
+        quota, period = CGROUP_V2_CPU_MAX.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (CGROUP_V1_CPU / "cpu.cfs_quota_us").read_text().strip()
+            period = (CGROUP_V1_CPU / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    if quota_us <= 0 or period_us <= 0:  # v1 writes -1 for no quota
+        return None
+    return -(-quota_us // period_us)

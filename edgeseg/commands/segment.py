@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgeseg.backends import BACKENDS
-from edgeseg.commands.options import diameter_option
+from edgeseg.commands.options import diameter_option, test_time_flips_option
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
     from edgeseg.maskrcnn_model import MaskRCNNSegmenter
@@ -57,10 +57,12 @@ PARALLEL_IMAGES = 2
     help="Tile edge in pixels for models that take any size [default: the model's, e.g. 256].",
 )
 @diameter_option
+@test_time_flips_option
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="CPU threads for inference [default: every core; ONNX models then run two images "
+    help="CPU threads for inference [default: every core this process may use, within a "
+    "container's CPU quota; ONNX models then run two images "
     "at once, each on half the cores].",
 )
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
@@ -92,6 +94,7 @@ def segment(
     page: int | None,
     tile: int | None,
     diameter: Diameter,
+    test_time_flips: bool,
     threads: int | None,
     overlay: bool,
     overwrite: bool,
@@ -136,6 +139,7 @@ def segment(
       edgeseg segment stack.ome.tif --channel 0 --page 12 -o results/
       edgeseg segment 40x_scans/ -o results/ --diameter 80
       edgeseg segment mixed_scans/ -o results/ --diameter auto
+      edgeseg segment hard_cases/ -o results/ --tta
       edgeseg segment images/ -o results/ --model exported/unet.onnx --threads 4
     """
     from tqdm import tqdm
@@ -165,13 +169,16 @@ def segment(
         overwrite=overwrite,
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
         diameter=diameter,
+        test_time_flips=test_time_flips,
     )
     try:
         check_output_folder(output, inputs)
         jobs = discover_images(inputs)
     except BatchError as error:
         raise click.ClickException(str(error)) from error
-    segmenter, workers = load_for_batch(model, backend, threads, tile, diameter)
+    segmenter, workers = load_for_batch(
+        model, backend, threads, tile, diameter, test_time_flips=test_time_flips
+    )
     try:
         plan = plan_batch(jobs, settings, segmenter.manifest)
     except BatchError as error:
@@ -181,7 +188,7 @@ def segment(
     click.echo(
         f"{len(jobs)} images; model {name} on {segmenter.backend.name}"
         f"{f', {workers} images at a time' if workers > 1 else ''}"
-        f"{diameter_note(segmenter, diameter)}",
+        f"{diameter_note(segmenter, diameter)}{flips_note(test_time_flips)}",
         err=True,
     )
     if plan.skipped:
@@ -220,6 +227,8 @@ def load_for_batch(
     threads: int | None,
     tile: int | None,
     diameter: Diameter = None,
+    *,
+    test_time_flips: bool = False,
 ) -> tuple[Segmenter | MaskRCNNSegmenter, int]:
     """The model for many images, and how many images it runs at once.
 
@@ -232,9 +241,14 @@ def load_for_batch(
 
     cores = available_cores()
     if threads is not None or cores == 1 or not _runs_in_parallel(model, backend):
-        return load_segmenter_or_fail(model, backend, threads, tile, diameter), 1
-    workers = min(cores, PARALLEL_IMAGES)
-    return load_segmenter_or_fail(model, backend, cores // workers, tile, diameter), workers
+        workers = 1
+    else:
+        workers = min(cores, PARALLEL_IMAGES)
+        threads = cores // workers
+    segmenter = load_segmenter_or_fail(
+        model, backend, threads, tile, diameter, test_time_flips=test_time_flips
+    )
+    return segmenter, workers
 
 
 def _runs_in_parallel(model: str | None, backend: str | None) -> bool:
@@ -258,14 +272,19 @@ def load_segmenter_or_fail(
     threads: int | None,
     tile: int | None,
     diameter: Diameter = None,
+    *,
+    test_time_flips: bool = False,
 ) -> Segmenter | MaskRCNNSegmenter:
     """Load the model for a command; any reason it cannot load, or cannot serve --diameter
-    (no nucleus size in its manifest), becomes one clear CLI error before any image is read."""
+    (no nucleus size in its manifest) or --tta, becomes one clear CLI error before any image
+    is read."""
     from edgeseg.rescale import AUTO, diameter_scale, diameter_text, required_diameter
     from edgeseg.segmenter import load_segmenter
 
     try:
-        segmenter = load_segmenter(model, backend=backend, threads=threads, tile=tile)
+        segmenter = load_segmenter(
+            model, backend=backend, threads=threads, tile=tile, test_time_flips=test_time_flips
+        )
     except (LookupError, ValueError, RuntimeError, OSError) as error:
         raise click.ClickException(f"cannot load the model: {error}") from error
     try:
@@ -276,6 +295,11 @@ def load_segmenter_or_fail(
     except ValueError as error:
         raise click.ClickException(f"--diameter {diameter_text(diameter)}: {error}") from error
     return segmenter
+
+
+def flips_note(test_time_flips: bool) -> str:
+    """What --tta does, for the line a command prints when it starts."""
+    return "; each image averaged with its 3 mirror images (--tta)" if test_time_flips else ""
 
 
 def diameter_note(segmenter: Segmenter | MaskRCNNSegmenter, diameter: Diameter) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeseg.commands.segment import diameter_note, load_segmenter_or_fail, segment
+from edgeseg.commands.segment import diameter_note, flips_note, load_segmenter_or_fail, segment
 
 if TYPE_CHECKING:
     from edgeseg.rescale import Diameter
@@ -25,6 +25,7 @@ SHARED_OPTIONS = (
     "page",
     "tile",
     "diameter",
+    "test_time_flips",
     "threads",
     "overlay",
     "label_format",
@@ -81,6 +82,7 @@ def watch(
     page: int | None,
     tile: int | None,
     diameter: Diameter,
+    test_time_flips: bool,
     threads: int | None,
     overlay: bool,
     label_format: str,
@@ -123,8 +125,11 @@ def watch(
         overlay=overlay,
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
         diameter=diameter,
+        test_time_flips=test_time_flips,
     )
-    segmenter = load_segmenter_or_fail(model, backend, threads, tile, diameter)
+    segmenter = load_segmenter_or_fail(
+        model, backend, threads, tile, diameter, test_time_flips=test_time_flips
+    )
     try:
         watcher = FolderWatcher(folder, segmenter, settings, settle)
     except BatchError as error:
@@ -150,7 +155,8 @@ def watch(
     name = segmenter.manifest.get("name", "?")
     _log(
         f"watching {folder} every {interval:g} s (files taken once unchanged for {settle:g} s) "
-        f"with model {name} on {segmenter.backend.name}{diameter_note(segmenter, diameter)}; "
+        f"with model {name} on {segmenter.backend.name}{diameter_note(segmenter, diameter)}"
+        f"{flips_note(test_time_flips)}; "
         f"results in {output}"
     )
     if not once:

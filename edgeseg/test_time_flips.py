@@ -1,0 +1,29 @@
+"""Test-time augmentation: average the network's view of an image and of its mirror images.
+
+A network trained with flips should give the same answer for a mirrored image, but its errors
+differ from view to view; averaging the four flipped predictions (as Cellpose's ``augment``
+does) smooths them out, at four times the network cost. Rotations were measured too and add
+nothing over flips (training/README.md), so only flips are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.backends.base import Backend
+from edgeseg.tiling import TileSettings, predict_tiled
+
+#: Axes to mirror for each view; each flip is its own inverse.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,), (0, 1))
+
+
+def predict_flip_averaged(
+    backend: Backend, image: np.ndarray, settings: TileSettings
+) -> np.ndarray:
+    """float32 (H, W, 2) probabilities for a normalised (H, W) image, averaged over flips."""
+    total = np.zeros((*image.shape, 2), dtype=np.float32)
+    for axes in FLIPS:
+        view = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+        probabilities = predict_tiled(backend, view, settings)
+        total += np.flip(probabilities, axes) if axes else probabilities
+    return total / len(FLIPS)
