@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import BACKENDS
-from edgeseg.backends.base import BackendUnavailable, from_output, read_verified, to_input
+from edgeseg.backends.base import (
+    BackendUnavailable,
+    default_threads,
+    from_output,
+    read_verified,
+    to_input,
+)
 from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
 from edgeseg.preprocess import normalize
@@ -240,7 +246,8 @@ def _load_graph(
     name = backend or fmt
     if name not in BACKENDS or name.split("-")[0] != fmt:
         raise ValueError(f"{path}: a {fmt} graph cannot run on the {name!r} backend")
-    return _LOADERS[fmt](path, read_verified(path, entry), name, threads, entry)
+    content = read_verified(path, entry)
+    return _LOADERS[fmt](path, content, name, threads or default_threads(), entry)
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,23 @@ def test_container_cpu_quota_caps_the_cores(tmp_path, monkeypatch, v2, v1, quota
     assert base.available_cores() == (quota or 8)
 
 
+def test_a_cpu_quota_below_the_cores_sets_the_runtime_threads(
+    onnx_model: Path, monkeypatch
+) -> None:
+    """ONNX Runtime's own default (a thread per host core) would oversubscribe the quota."""
+    from edgeseg.backends import base
+
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(base, "cgroup_cpu_quota", lambda: 2)
+    assert load_backend(onnx_model)._session.get_session_options().intra_op_num_threads == 2
+    assert (
+        load_backend(onnx_model, threads=3)._session.get_session_options().intra_op_num_threads == 3
+    )
+    monkeypatch.setattr(base, "cgroup_cpu_quota", lambda: 16)  # more than the machine has
+    assert base.default_threads() is None
+    assert load_backend(onnx_model)._session.get_session_options().intra_op_num_threads == 0
+
+
 @pytest.mark.tensorflow
 def test_litert_uses_every_core_unless_told(keras_exports: dict, monkeypatch) -> None:
     """LiteRT's own default is one thread, which halved its speed in the benchmark."""

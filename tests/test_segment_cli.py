@@ -327,12 +327,22 @@ def test_auto_diameter_is_recorded_and_part_of_resume(tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "other settings" in refused.output
 
 
-def test_tta_averages_flips_and_is_part_of_resume(tmp_path: Path, model: Path) -> None:
+def test_tta_averages_flips_and_is_part_of_resume(tmp_path: Path, model: Path, monkeypatch) -> None:
+    import edgeseg.segmenter
+
+    calls = []
+    averaged = edgeseg.segmenter.predict_flip_averaged
+    monkeypatch.setattr(
+        edgeseg.segmenter,
+        "predict_flip_averaged",
+        lambda *args: calls.append(args[1].shape) or averaged(*args),
+    )
     (tmp_path / "in").mkdir()
     cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
     out = tmp_path / "out"
     result = _run(model, tmp_path / "in", "-o", out, "--tta")
     assert result.exit_code == 0, result.output
+    assert calls == [_gray(0).shape[:2]]
     assert "each image averaged with its 3 mirror images (--tta)" in result.stderr
     image = cv2.imread(str(tmp_path / "in" / "a.png"), cv2.IMREAD_UNCHANGED)
     expected = load_segmenter(model, threads=1, test_time_flips=True).segment(image)

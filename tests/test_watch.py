@@ -6,6 +6,7 @@ Every wait is bounded: the watcher runs in a thread or subprocess that the test 
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -294,3 +295,17 @@ def test_diameter_reaches_the_watcher_and_its_records(tmp_path: Path) -> None:
     assert _summary(out)["A"]["diameter_px"] == "36"
     again = CliRunner().invoke(main, [*args, "--model", str(sized)])  # without --diameter
     assert again.exit_code == 1 and "diameter 36.0" in again.output
+
+
+def test_tta_reaches_the_watcher_and_its_records(tmp_path: Path, model: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "A.png"), _gray(0))
+    args = ["watch", str(folder), "-o", str(out), "--settle", "0", "--once", "--interval", "0.05"]
+    result = CliRunner().invoke(main, [*args, "--model", str(model), "--tta"])
+    assert result.exit_code == 0, result.output
+    assert "averaged with its 3 mirror images (--tta)" in result.output
+    marker = json.loads((out / ".edgeseg-done" / "A.json").read_text())
+    assert marker["settings"]["test_time_flips"] is True
+    again = CliRunner().invoke(main, [*args, "--model", str(model)])  # without --tta
+    assert again.exit_code == 1 and "test_time_flips" in again.output

@@ -76,6 +76,14 @@ def evaluate_run(
     }
 
 
+def _diameter_argument(text: str) -> Diameter:
+    """parse_diameter for argparse, which would otherwise hide the reason a value is wrong."""
+    try:
+        return parse_diameter(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -86,7 +94,7 @@ def main() -> None:
         "--magnify", type=float, default=1.0, help="enlarge images and masks this many times"
     )
     parser.add_argument(
-        "--diameter", type=parse_diameter, help='nucleus diameter in pixels, or "auto"'
+        "--diameter", type=_diameter_argument, help='nucleus diameter in pixels, or "auto"'
     )
     parser.add_argument(
         "--tta", action="store_true", help="average over flipped images (segment --tta)"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeseg.backends.base import Backend, BackendUnavailable, read_verified
+from edgeseg.backends.base import Backend, BackendUnavailable, default_threads, read_verified
 from edgeseg.manifest import ManifestError, read_manifest
 
 __all__ = [
@@ -74,6 +74,7 @@ def load_backend(
     if name.split("-")[0] != fmt:
         raise ValueError(f"{artifact}: a {fmt} model cannot run on the {name!r} backend")
     content = read_verified(artifact, manifest)
+    threads = threads or default_threads()
     if fmt == "onnx":
         from edgeseg.backends.onnx import OnnxBackend
 

@@ -145,16 +145,28 @@ def available_cores() -> int:
     `docker run --cpus 2` on a 32-core host leaves the affinity at 32; running 32 threads
     then makes every image slower, so the quota (cgroup cpu.max) counts too.
     """
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
+    cores = _affinity_cores()
     quota = cgroup_cpu_quota()
     return max(1, min(cores, quota)) if quota else cores
 
 
+def default_threads() -> int | None:
+    """Threads for a runtime given none: None (the runtime's own choice, e.g. ONNX Runtime's
+    one per physical core) unless a CPU quota allows fewer cores than the machine shows."""
+    quota = cgroup_cpu_quota()
+    return quota if quota is not None and quota < _affinity_cores() else None
+
+
+def _affinity_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cgroup_cpu_quota() -> int | None:
-    """Whole cores allowed by this process's cgroup CPU quota (rounded up), None if unlimited."""
+    """Whole cores allowed by the CPU quota at the cgroup root this process sees (a
+    container's own), rounded up; None if unlimited. A quota set only on a parent cgroup, or
+    on a systemd unit outside a container, is not seen."""
     try:
         quota, period = CGROUP_V2_CPU_MAX.read_text().split()[:2]
     except (OSError, ValueError):
