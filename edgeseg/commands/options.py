@@ -54,6 +54,7 @@ test_time_flips_option = click.option(
     "test_time_flips",
     is_flag=True,
     help="Test-time augmentation: average the model's predictions for each image and its "
-    "three mirror images. Four times the network work; slightly more accurate, mostly in "
-    "the per-nucleus scores (measured in training/README.md). Not for Mask R-CNN.",
+    "three mirror images. Four times the network work (on each pass of --diameter auto); "
+    "slightly more accurate, mostly in the per-nucleus scores (measured in "
+    "training/README.md). Not for Mask R-CNN.",
 )
