@@ -36,13 +36,18 @@ def _percent(value: float | None, key: str) -> str:
     return f"{value:.2f}" if key == "count_abs_error" else f"{100 * value:.2f} %"
 
 
-def _selected_epoch(state: dict) -> str:
+def _selected_epoch(state: dict, tuned: bool) -> str:
     """Which epoch's weights the run ships, and on what it was chosen (validation only)."""
     if "shipped_epoch" in state:
         return f"ships epoch {state['shipped_epoch']}: {state['shipped_because']}"
+    thresholds = (
+        "post-processing thresholds then tuned on validation (postprocess.json)"
+        if tuned
+        else "post-processing thresholds the best of the per-epoch grid (not tuned further)"
+    )
     return (
         f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
-        "DSB score), post-processing thresholds then tuned on validation (postprocess.json)"
+        f"DSB score), {thresholds}"
     )
 
 
@@ -133,7 +138,7 @@ def render_card(run_dir: Path) -> str:
         f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
         f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
         f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
-        f"float32; {_selected_epoch(state)}.",
+        f"float32; {_selected_epoch(state, tuned.is_file())}.",
         *schedule_change_lines(state),
         wall_time_line(state),
         f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
