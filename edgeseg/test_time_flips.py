@@ -22,8 +22,7 @@ def predict_flip_averaged(
 ) -> np.ndarray:
     """float32 (H, W, 2) probabilities for a normalised (H, W) image, averaged over flips."""
     total = np.zeros((*image.shape, 2), dtype=np.float32)
-    for axes in FLIPS:
-        view = np.ascontiguousarray(np.flip(image, axes)) if axes else image
-        probabilities = predict_tiled(backend, view, settings)
-        total += np.flip(probabilities, axes) if axes else probabilities
+    for axes in FLIPS:  # np.flip over no axes is the image itself, not a copy
+        probabilities = predict_tiled(backend, np.ascontiguousarray(np.flip(image, axes)), settings)
+        total += np.flip(probabilities, axes)
     return total / len(FLIPS)
