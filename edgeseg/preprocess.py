@@ -4,18 +4,50 @@ DSB2018 mixes fluorescence (bright nuclei on black), brightfield (dark nuclei on
 background) and H&E-like stains. One grayscale channel, percentile-normalised and inverted
 when the background is bright, lets one small network serve all of them; training, export
 calibration, benchmarks and the runtime all call this same function so they never drift.
+
+Stained images reach the network either as inverted luma or, for models trained so, as their
+hematoxylin density (colour deconvolution, Ruifrok & Johnston 2001): luma turns eosin-pink
+cytoplasm nearly as dark as nuclei, the hematoxylin channel keeps only the nuclear stain. A
+model's manifest names its choice (``preprocess.stained_channel``), see `preprocessing`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 ImageKind = Literal["fluorescence", "brightfield", "stained"]
+StainedChannel = Literal["luma", "hematoxylin"]
+STAINED_CHANNELS: tuple[StainedChannel, ...] = ("luma", "hematoxylin")
 
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.8
+
+#: Optical densities of hematoxylin, eosin and DAB in R, G, B (Ruifrok & Johnston 2001, as
+#: skimage.color.rgb_from_hed); the first column of its inverse reads hematoxylin back.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HEMATOXYLIN_FROM_OD = np.linalg.inv(RGB_FROM_HED)[:, 0].astype(np.float32)
+
+
+def preprocess_spec(stained_channel: StainedChannel = "luma") -> dict[str, Any]:
+    """The manifest's ``preprocess`` section for a model fed ``normalize(..., stained_channel)``.
+
+    Luma models keep the section they always had, so their manifests stay byte-identical.
+    """
+    spec: dict[str, Any] = {"name": "percentile-gray", "version": 1}
+    if stained_channel != "luma":
+        spec["stained_channel"] = stained_channel
+    return spec
+
+
+def preprocessing(manifest: Mapping[str, Any]) -> StainedChannel:
+    """The stained-image channel a model was trained on, from its manifest."""
+    channel = manifest.get("preprocess", {}).get("stained_channel", "luma")
+    if channel not in STAINED_CHANNELS:
+        raise ValueError(f"unknown preprocess.stained_channel {channel!r} in the model manifest")
+    return channel
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -61,17 +93,35 @@ def _kind(array: np.ndarray, gray: np.ndarray, low: float, median: float, high: 
     return "brightfield" if median > (low + high) / 2 else "fluorescence"
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
+def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
+    """float32 (H, W) hematoxylin optical density of an (H, W, 3+) image, up to an offset.
+
+    The image's white level only shifts the density by a constant, which `normalize`'s
+    percentile scaling removes, so any dtype or range works.
+    """
+    colour = rgb[..., :3].astype(np.float32)
+    colour /= max(float(colour.max()), 1e-6)
+    density = -np.log(np.maximum(colour, 1e-6, out=colour), out=colour)
+    return density @ HEMATOXYLIN_FROM_OD
+
+
+def normalize(image: np.ndarray, stained_channel: StainedChannel = "luma") -> np.ndarray:
     """Return float32 (H, W) in about [0, 1] with nuclei bright on a dark background.
 
     Percentile scaling (as StarDist and Cellpose do) makes 8-bit, 16-bit and float inputs
-    look alike; bright-background images (brightfield, stains) are inverted.
+    look alike; bright-background images (brightfield, stains) are inverted. With
+    ``stained_channel="hematoxylin"``, stained images give their hematoxylin density instead.
     """
     array = np.asarray(image)
     gray = to_gray(array)
     low, median, high = _levels(gray)
+    kind = _kind(array, gray, low, median, high)
+    dark_nuclei = kind != "fluorescence"
+    if kind == "stained" and stained_channel == "hematoxylin":
+        gray, dark_nuclei = hematoxylin_density(array), False  # dense stain = nucleus
+        low, high = np.percentile(gray, [LOW_PERCENTILE, HIGH_PERCENTILE])
     scaled = (gray - low) / max(float(high - low), 1e-6)
     scaled = np.clip(scaled, 0.0, 1.0, out=scaled)
-    if _kind(array, gray, low, median, high) != "fluorescence":
+    if dark_nuclei:
         scaled = 1.0 - scaled
     return scaled.astype(np.float32, copy=False)

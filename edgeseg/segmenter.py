@@ -27,7 +27,7 @@ from edgeseg.manifest import read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
-from edgeseg.preprocess import normalize
+from edgeseg.preprocess import normalize, preprocessing
 from edgeseg.rescale import Diameter, segment_at_diameter
 from edgeseg.test_time_flips import predict_flip_averaged
 from edgeseg.tiling import TileSettings, predict_tiled
@@ -57,11 +57,12 @@ class Segmenter:
         self.settings = settings or postprocess_settings(manifest)
         self.tiles = tiles or TileSettings.from_manifest(manifest)
         self.test_time_flips = test_time_flips
+        self.stained_channel = preprocessing(manifest)
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
         predict = predict_flip_averaged if self.test_time_flips else predict_tiled
-        return predict(self.backend, normalize(image), self.tiles)
+        return predict(self.backend, normalize(image, self.stained_channel), self.tiles)
 
     def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.data.dataset import Sample
-from edgeseg.preprocess import normalize
+from edgeseg.preprocess import StainedChannel, normalize
 
 SEED = 20240501
 
@@ -53,10 +53,15 @@ class Calibration:
 
 
 def calibration_tiles(
-    samples: Sequence[Sample], count: int, size: int, seed: int = SEED, source: str = ""
+    samples: Sequence[Sample],
+    count: int,
+    size: int,
+    seed: int = SEED,
+    source: str = "",
+    stained_channel: StainedChannel = "luma",
 ) -> Calibration:
     """``count`` random ``size`` x ``size`` crops, one per image in a seeded shuffled order
-    (cycling when there are fewer images than crops)."""
+    (cycling when there are fewer images than crops), normalised as the model's manifest says."""
     if not samples or count < 1:
         raise ValueError("calibration needs at least one image and one crop")
     rng = np.random.default_rng(seed)
@@ -64,7 +69,7 @@ def calibration_tiles(
     tiles, ids = [], []
     for index in range(count):
         sample = samples[order[index % len(samples)]]
-        image = normalize(sample.image)
+        image = normalize(sample.image, stained_channel)
         pads = [(0, max(size - length, 0)) for length in image.shape]
         image = np.pad(image, pads, mode="reflect")
         top = int(rng.integers(0, image.shape[0] - size + 1))

@@ -26,6 +26,7 @@ from edgeseg.data.dataset import Sample
 from edgeseg.imageio import atomic_path
 from edgeseg.manifest import file_sha256, manifest_path, read_manifest, write_manifest
 from edgeseg.postprocess import PostprocessSettings
+from edgeseg.preprocess import preprocessing
 from edgeseg.segmenter import load_segmenter
 from edgeseg.tiling import TileSettings
 from export.calibration import Calibration, calibration_tiles
@@ -210,6 +211,7 @@ class BaseExporter:
             self.settings.calib_images,
             self.crop_size,
             source=self._calibration_label,
+            stained_channel=preprocessing(self.source_manifest),
         )
 
     @cached_property
@@ -283,7 +285,8 @@ class Exporter(BaseExporter):
                 "overlap": self.settings.overlap,
                 "multiple": multiple,
             },
-            "preprocess": PREPROCESS,
+            # what the model was trained on (stained_channel) over the runtime's defaults
+            "preprocess": {**PREPROCESS, **recorded.get("preprocess", {})},
             # thresholds tuned on validation travel with the model (training/tune_postprocess.py)
             "postprocess": recorded.get("postprocess", PostprocessSettings().to_dict()),
         }

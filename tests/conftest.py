@@ -47,3 +47,19 @@ def synthetic_nuclei(
     image = np.where(labels > 0, 180, 20).astype(np.float32)
     image += rng.normal(0, 8, shape)
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def synthetic_he(
+    shape: tuple[int, int] = (128, 128), seed: int = 0, eosin: float = 1.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """An H&E-like uint8 RGB image (Beer-Lambert: hematoxylin nuclei in eosin-pink
+    cytoplasm that fills the left two thirds, white background) and its instance labels."""
+    image, labels = synthetic_nuclei(shape, seed=seed, touching=False)
+    from edgeseg.preprocess import RGB_FROM_HED
+
+    rng = np.random.default_rng(seed)
+    hematoxylin = np.where(labels > 0, 0.9, 0.0) + rng.uniform(0, 0.05, shape)
+    cytoplasm = np.zeros(shape, np.float32)
+    cytoplasm[:, : 2 * shape[1] // 3] = eosin
+    density = hematoxylin[..., None] * RGB_FROM_HED[0] + cytoplasm[..., None] * RGB_FROM_HED[1]
+    return np.clip(255 * np.exp(-density), 0, 255).astype(np.uint8), labels

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_nuclei
+from conftest import synthetic_he, synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
 from edgeseg.manifest import ManifestError, read_manifest, write_manifest
@@ -290,3 +290,32 @@ def test_tensorrt_engine_is_built_and_verified(exporter) -> None:
     engine = outcome.artifacts[-1]
     assert engine.path.suffix == ".engine" and engine.manifest["backend"] == "tensorrt"
     assert engine.verification["status"] == "passed"
+
+
+def test_a_hematoxylin_model_is_calibrated_and_exported_as_trained(
+    source: Path, tmp_path: Path
+) -> None:
+    """The manifest's stained channel reaches the INT8 calibration crops and every artifact."""
+    import shutil
+
+    from edgeseg.preprocess import normalize, preprocess_spec, preprocessing
+    from export.pipeline import Exporter, ExportSettings
+    from export.targets import TARGETS
+
+    copy = tmp_path / "hema" / "model.keras"
+    copy.parent.mkdir()
+    shutil.copy(source, copy)
+    write_manifest(copy, preprocess=preprocess_spec("hematoxylin"))
+    stained = [Sample("he", *synthetic_he((48, 48), seed=5))]
+    exporter = Exporter(
+        copy,
+        tmp_path / "out",
+        ExportSettings(tile=TILE, overlap=8, calib_images=2),
+        calibration_samples=stained,
+    )
+    whole = normalize(stained[0].image, "hematoxylin")
+    windows = np.lib.stride_tricks.sliding_window_view(whole, (TILE, TILE))
+    for tile in exporter.calibration.tiles[..., 0]:
+        assert np.any(np.all(windows == tile, axis=(2, 3)))
+    outcome = exporter.export(TARGETS["onnx-fp32"])
+    assert preprocessing(read_manifest(outcome.artifacts[0].path)) == "hematoxylin"

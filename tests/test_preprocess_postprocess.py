@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from conftest import synthetic_nuclei
+import pytest
+from conftest import synthetic_he, synthetic_nuclei
 
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
-from edgeseg.preprocess import image_kind, normalize
+from edgeseg.preprocess import (
+    RGB_FROM_HED,
+    hematoxylin_density,
+    image_kind,
+    normalize,
+    preprocess_spec,
+    preprocessing,
+)
 
 
 def test_normalize_is_bit_depth_invariant() -> None:
@@ -83,3 +91,36 @@ def test_tiny_seeds_do_not_fragment_a_nucleus() -> None:
     assert fragmented.max() == 2
     assert whole.max() == 1
     assert ((whole > 0) == (foreground > 0)).all()
+
+
+def test_hematoxylin_density_reads_back_the_nuclear_stain_alone() -> None:
+    rng = np.random.default_rng(1)
+    hematoxylin, eosin = rng.uniform(0, 1.5, (2, 64, 64))
+    density = hematoxylin[..., None] * RGB_FROM_HED[0] + eosin[..., None] * RGB_FROM_HED[1]
+    measured = hematoxylin_density(np.exp(-density).astype(np.float32))
+    offset = measured - hematoxylin  # the image's white level shifts every pixel alike
+    assert np.ptp(offset) < 1e-3
+    assert abs(np.corrcoef(measured.ravel(), eosin.ravel())[0, 1]) < 0.05
+
+
+def test_hematoxylin_channel_ignores_eosin_pink_cytoplasm_that_luma_sees() -> None:
+    image, labels = synthetic_he()
+    assert image_kind(image) == "stained"
+    cytoplasm = (labels == 0) & (np.arange(128) < 80)[None, :]
+    luma, hematoxylin = normalize(image), normalize(image, "hematoxylin")
+    assert hematoxylin[labels > 0].mean() - hematoxylin[cytoplasm].mean() > 0.7
+    assert luma[labels > 0].mean() - luma[cytoplasm].mean() < 0.5
+
+
+def test_hematoxylin_choice_leaves_fluorescence_and_brightfield_alone() -> None:
+    image, _ = synthetic_nuclei()
+    for gray in (image, 255 - image, np.dstack([image] * 3)):
+        np.testing.assert_array_equal(normalize(gray, "hematoxylin"), normalize(gray))
+
+
+def test_the_manifest_names_the_stained_channel_and_old_manifests_mean_luma() -> None:
+    assert preprocess_spec() == {"name": "percentile-gray", "version": 1}  # as shipped so far
+    assert preprocessing({}) == "luma"
+    assert preprocessing({"preprocess": preprocess_spec("hematoxylin")}) == "hematoxylin"
+    with pytest.raises(ValueError, match="'eosin'"):
+        preprocessing({"preprocess": {"stained_channel": "eosin"}})

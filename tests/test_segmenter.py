@@ -9,12 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import synthetic_nuclei
+from conftest import synthetic_he, synthetic_nuclei
 from tiny_models import threshold_model
 
 import edgeseg.models
 from edgeseg.manifest import ManifestError, manifest_path
 from edgeseg.models import ModelNotFoundError, list_models, resolve_model
+from edgeseg.preprocess import preprocess_spec
 from edgeseg.segmenter import load_segmenter
 
 
@@ -63,6 +64,22 @@ def test_post_processing_follows_the_manifest(onnx_model: Path) -> None:
     segmenter = load_segmenter(onnx_model)
     assert segmenter.settings.min_area == 10_000
     assert segmenter.segment(synthetic_nuclei()[0]).max() == 0
+
+
+def test_stained_images_reach_the_network_as_the_manifest_says(onnx_model: Path) -> None:
+    image, truth = synthetic_he()  # eosin-pink cytoplasm over two thirds of the image
+    luma = load_segmenter(onnx_model).segment(image)
+    path = manifest_path(onnx_model)
+    manifest = json.loads(path.read_text())
+    manifest["preprocess"] = preprocess_spec("hematoxylin")
+    path.write_text(json.dumps(manifest))
+    hematoxylin = load_segmenter(onnx_model).segment(image)
+
+    def overlap(labels: np.ndarray) -> float:
+        return np.logical_and(labels > 0, truth > 0).sum() / np.logical_or(labels, truth).sum()
+
+    assert overlap(luma) < 0.5  # inverted luma makes the cytoplasm look like nuclei
+    assert overlap(hematoxylin) > 0.9
 
 
 def test_tile_options_override_the_manifest(onnx_model: Path, tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
         epochs=1,
         steps_per_epoch=2,
         batch_size=2,
+        stained_channel="hematoxylin",
         augment=AugmentConfig(crop=32),
     )
     run = tmp_path / "run"
@@ -123,6 +124,7 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     from training.nucleus_size import median_nucleus_diameter
 
     manifest = json.loads((run / "model.keras.json").read_text())
+    assert manifest["preprocess"]["stained_channel"] == "hematoxylin"  # the runtime feeds that
     measured = median_nucleus_diameter(s.labels for s in samples[:3])  # the training samples
     assert manifest["nucleus_diameter"]["median_px"] == round(measured[0], 2)
     assert manifest["nucleus_diameter"]["images"] == 3

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeseg.preprocess import StainedChannel
 from training.augment import AugmentConfig
 
 
@@ -24,6 +25,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     seed: int = 42
     threads: int = 2
+    stained_channel: StainedChannel = "luma"  # or "hematoxylin" (edgeseg.preprocess)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_json(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeseg.manifest import manifest_path, read_manifest, write_manifest
 from edgeseg.postprocess import PostprocessSettings
+from edgeseg.preprocess import preprocess_spec
 from training.config import TrainConfig
 
 TILE_SIZE = 256
@@ -53,7 +54,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
         input={"name": "image", "shape": [None, None, None, 1], "dtype": "float32"},
         output={"name": "probabilities", "shape": [None, None, None, 2], "dtype": "float32"},
         tile={"size": TILE_SIZE, "overlap": TILE_OVERLAP, "multiple": SIZE_MULTIPLE[config.model]},
-        preprocess={"name": "percentile-gray", "version": 1},
+        preprocess=preprocess_spec(config.stained_channel),
         postprocess=postprocess_settings(run_dir).to_dict(),
         params=model.count_params(),
         flops_per_tile=conv_flops(model, TILE_SIZE),

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
-from edgeseg.preprocess import image_kind, normalize
+from edgeseg.preprocess import image_kind, normalize, preprocess_spec
 from training.augment import random_crop
 from training.config import TrainConfig
 from training.data_loading import load_train_validation
@@ -144,11 +144,12 @@ def train_on_samples(
             loss=SegmentationLoss(config.boundary_weight, config.dice_weight),
         )
 
-    images = [normalize(s.image) for s in train_samples]
+    images = [normalize(s.image, config.stained_channel) for s in train_samples]
     labels = [s.labels for s in train_samples]
     diameter = nucleus_diameter_record(labels, training_source(config.data_copy))
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
     tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
+    preprocessing = preprocess_spec(config.stained_channel)
 
     class EpochEnd(keras.callbacks.Callback):
         """Validate on whole images, keep the best model, checkpoint for resume."""
@@ -157,7 +158,8 @@ def train_on_samples(
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            segmenter = Segmenter(KerasBackend.from_model(self.model), {}, tiles=tiles)
+            backend = KerasBackend.from_model(self.model)
+            segmenter = Segmenter(backend, {"preprocess": preprocessing}, tiles=tiles)
             maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in validation]
             best = best_result(score_settings(maps, grid_settings(EPOCH_GRID)))
             metrics, score = best["validation"], best["selection_score"]
