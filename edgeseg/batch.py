@@ -41,7 +41,7 @@ from edgeseg.imageio import (
 )
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import write_overlay
-from edgeseg.preprocess import normalize, to_gray
+from edgeseg.preprocess import normalize, preprocessing, to_gray
 from edgeseg.rescale import Diameter, diameter_text, recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
@@ -94,9 +94,10 @@ class BatchSettings:
     def fingerprint(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """What makes two runs' labels differ: outputs made otherwise are never reused.
 
-        The diameter and flip keys appear only when those options are used, so results made
-        before the options existed still resume. The model's own diameter is included because a
-        regenerated manifest changes the scale without changing the artifact's sha256.
+        The diameter, flip and stained-channel keys appear only when not at their defaults, so
+        results made before they existed still resume. The model's own diameter and stained
+        channel are included because a regenerated manifest changes them without changing the
+        artifact's sha256.
         """
         fingerprint = {
             "model": manifest.get("name"),
@@ -109,6 +110,8 @@ class BatchSettings:
             fingerprint["model_diameter"] = recorded_diameter(manifest)
         if self.test_time_flips:
             fingerprint["test_time_flips"] = True
+        if (stained_channel := preprocessing(manifest)) != "luma":
+            fingerprint["stained_channel"] = stained_channel
         return fingerprint
 
 

@@ -37,7 +37,7 @@ from edgeseg.backends.base import (
 )
 from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
-from edgeseg.preprocess import normalize
+from edgeseg.preprocess import normalize, preprocessing
 from edgeseg.rescale import Diameter, segment_at_diameter
 
 KIND = "maskrcnn"
@@ -269,6 +269,7 @@ class MaskRCNNSegmenter:
         self.manifest = dict(manifest)
         config = MaskRCNNConfig.from_dict(manifest["runtime"])
         self.model = MaskRCNN(config, graphs.stage1, graphs.box_head, graphs.mask_head)
+        self.stained_channel = preprocessing(manifest)
 
     def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels; ``diameter`` as
@@ -277,7 +278,7 @@ class MaskRCNNSegmenter:
             return segment_at_diameter(
                 self.segment, image, diameter, self.manifest, self.model.config.min_area
             )
-        return self.model.segment(normalize(image))
+        return self.model.segment(normalize(image, self.stained_channel))
 
     def infer(self, image: np.ndarray, diameter: Diameter = None) -> Callable[[], np.ndarray]:
         """``segment`` in the two-step form edgeseg.batch expects; here all work is done now

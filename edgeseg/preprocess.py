@@ -29,6 +29,8 @@ HIGH_PERCENTILE = 99.8
 #: skimage.color.rgb_from_hed); the first column of its inverse reads hematoxylin back.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HEMATOXYLIN_FROM_OD = np.linalg.inv(RGB_FROM_HED)[:, 0].astype(np.float32)
+#: Below this fraction of the white level in every channel a pixel passed no light at all.
+BLACK_LEVEL = 0.05
 
 
 def preprocess_spec(stained_channel: StainedChannel = "luma") -> dict[str, Any]:
@@ -71,8 +73,9 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def image_kind(image: np.ndarray) -> ImageKind:
     """Guess the imaging modality: used to invert brightfield and to stratify splits."""
     array = np.asarray(image)
-    gray = to_gray(array)
-    return _kind(array, gray, *_levels(gray))
+    if _is_stained(array):
+        return "stained"
+    return _gray_kind(*_levels(to_gray(array)))
 
 
 def _levels(gray: np.ndarray) -> np.ndarray:
@@ -80,14 +83,20 @@ def _levels(gray: np.ndarray) -> np.ndarray:
     return np.percentile(gray, [LOW_PERCENTILE, 50.0, HIGH_PERCENTILE])
 
 
-def _kind(array: np.ndarray, gray: np.ndarray, low: float, median: float, high: float) -> ImageKind:
-    if array.ndim == 3 and array.shape[2] >= 3:
-        red, green, blue = (array[..., channel] for channel in range(3))
-        brightest = np.maximum(np.maximum(red, green), blue)  # far faster than axis=2 reductions
-        spread = float(np.mean(brightest - np.minimum(np.minimum(red, green), blue), dtype=float))
-        scale = float(max(brightest.max(), 1.0))
-        if spread / scale > 0.02:
-            return "stained"
+def _is_stained(array: np.ndarray) -> bool:
+    """Coloured on a bright background: a stained slide. Colour on black (a fluorescence
+    channel saved as RGB, e.g. DAPI in blue) is not: every DSB2018 stain has its brightest
+    channel above 0.67 of its maximum on average, such fluorescence far below 0.5."""
+    if array.ndim != 3 or array.shape[2] < 3:
+        return False
+    red, green, blue = (array[..., channel] for channel in range(3))
+    brightest = np.maximum(np.maximum(red, green), blue)  # far faster than axis=2 reductions
+    spread = float(np.mean(brightest - np.minimum(np.minimum(red, green), blue), dtype=float))
+    scale = float(max(brightest.max(), 1.0))
+    return spread / scale > 0.02 and float(np.mean(brightest, dtype=float)) / scale > 0.5
+
+
+def _gray_kind(low: float, median: float, high: float) -> ImageKind:
     if high <= low:
         return "fluorescence"
     return "brightfield" if median > (low + high) / 2 else "fluorescence"
@@ -96,13 +105,22 @@ def _kind(array: np.ndarray, gray: np.ndarray, low: float, median: float, high: 
 def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
     """float32 (H, W) hematoxylin optical density of an (H, W, 3+) image, up to an offset.
 
-    The image's white level only shifts the density by a constant, which `normalize`'s
-    percentile scaling removes, so any dtype or range works.
+    Intensities are taken relative to the image's brightest value (its white level, which
+    only shifts the density by a constant that `normalize`'s percentile scaling removes), and
+    floored at 1/255 of it: a channel at zero inside a dense nucleus is saturation, not
+    infinite stain. Pixels dark in every channel (below 1/20: the densest nuclei, but also
+    black borders, scale bars or padding) take the density of the densest lit pixel, so a
+    black frame cannot stretch the scale and dim every nucleus.
     """
     colour = rgb[..., :3].astype(np.float32)
-    colour /= max(float(colour.max()), 1e-6)
-    density = -np.log(np.maximum(colour, 1e-6, out=colour), out=colour)
-    return density @ HEMATOXYLIN_FROM_OD
+    colour -= min(float(colour.min()), 0.0)  # floats scaled below zero
+    colour /= max(float(colour.max()), 1e-12)
+    unlit = colour.max(axis=2) < BLACK_LEVEL
+    density = -np.log(np.maximum(colour, 1.0 / 255.0, out=colour), out=colour)
+    hematoxylin = density @ HEMATOXYLIN_FROM_OD
+    if unlit.any() and not unlit.all():
+        hematoxylin[unlit] = hematoxylin[~unlit].max()
+    return hematoxylin
 
 
 def normalize(image: np.ndarray, stained_channel: StainedChannel = "luma") -> np.ndarray:
@@ -112,16 +130,25 @@ def normalize(image: np.ndarray, stained_channel: StainedChannel = "luma") -> np
     look alike; bright-background images (brightfield, stains) are inverted. With
     ``stained_channel="hematoxylin"``, stained images give their hematoxylin density instead.
     """
+    if stained_channel not in STAINED_CHANNELS:
+        raise ValueError(
+            f"stained_channel must be one of {STAINED_CHANNELS}, not {stained_channel!r}"
+        )
     array = np.asarray(image)
+    stained = _is_stained(array)
+    if stained and stained_channel == "hematoxylin":
+        density = hematoxylin_density(array)  # dense stain = nucleus: no inversion
+        low, high = np.percentile(density, [LOW_PERCENTILE, HIGH_PERCENTILE])
+        return _scaled(density, low, high).astype(np.float32, copy=False)
     gray = to_gray(array)
     low, median, high = _levels(gray)
-    kind = _kind(array, gray, low, median, high)
-    dark_nuclei = kind != "fluorescence"
-    if kind == "stained" and stained_channel == "hematoxylin":
-        gray, dark_nuclei = hematoxylin_density(array), False  # dense stain = nucleus
-        low, high = np.percentile(gray, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    scaled = (gray - low) / max(float(high - low), 1e-6)
-    scaled = np.clip(scaled, 0.0, 1.0, out=scaled)
-    if dark_nuclei:
+    scaled = _scaled(gray, low, high)
+    if stained or _gray_kind(low, median, high) == "brightfield":
         scaled = 1.0 - scaled
     return scaled.astype(np.float32, copy=False)
+
+
+def _scaled(gray: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``gray`` mapped from [low, high] to [0, 1] and clipped."""
+    scaled = (gray - low) / max(float(high - low), 1e-6)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)

@@ -273,6 +273,15 @@ def test_a_dead_writer_stops_the_run_instead_of_hanging_it(tmp_path: Path, worke
     assert "progress bar broke" in str(outcome[0])
 
 
+def test_a_manifest_rewritten_to_another_stained_channel_is_not_resumed(tmp_path: Path) -> None:
+    settings = BatchSettings(output=tmp_path / "out")
+    luma = settings.fingerprint(MANIFEST)
+    assert "stained_channel" not in luma  # results of luma models made before still resume
+    hematoxylin = {**MANIFEST, "preprocess": {"name": "percentile-gray", "version": 1}}
+    hematoxylin["preprocess"]["stained_channel"] = "hematoxylin"
+    assert settings.fingerprint(hematoxylin) == {**luma, "stained_channel": "hematoxylin"}
+
+
 def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 2)
     jobs = discover_images([tmp_path / "in"])

@@ -118,9 +118,32 @@ def test_hematoxylin_choice_leaves_fluorescence_and_brightfield_alone() -> None:
         np.testing.assert_array_equal(normalize(gray, "hematoxylin"), normalize(gray))
 
 
+def test_zero_channels_and_black_borders_do_not_swamp_the_hematoxylin_density() -> None:
+    image, labels = synthetic_he()
+    clean = normalize(image, "hematoxylin")
+    saturated = image.copy()
+    saturated[::7, ::5, 1] = 0  # green saturated to 0 in scattered pixels, as in dense nuclei
+    bordered = image.copy()
+    bordered[:6] = 0  # a black border, scale bar or padding
+    for damaged in (saturated, bordered):
+        inside = normalize(damaged, "hematoxylin")[6:][labels[6:] > 0]
+        assert abs(inside.mean() - clean[6:][labels[6:] > 0].mean()) < 0.15
+
+
+def test_colour_on_black_is_fluorescence_not_a_stain() -> None:
+    image, labels = synthetic_nuclei()
+    blue = np.dstack([image // 8, image // 4, image])  # DAPI saved as an RGB composite
+    assert image_kind(blue) == "fluorescence"
+    for channel in ("luma", "hematoxylin"):
+        normalized = normalize(blue, channel)
+        assert normalized[labels > 0].mean() > normalized[labels == 0].mean() + 0.5
+
+
 def test_the_manifest_names_the_stained_channel_and_old_manifests_mean_luma() -> None:
     assert preprocess_spec() == {"name": "percentile-gray", "version": 1}  # as shipped so far
     assert preprocessing({}) == "luma"
     assert preprocessing({"preprocess": preprocess_spec("hematoxylin")}) == "hematoxylin"
     with pytest.raises(ValueError, match="'eosin'"):
         preprocessing({"preprocess": {"stained_channel": "eosin"}})
+    with pytest.raises(ValueError, match="'eosin'"):
+        normalize(synthetic_he()[0], "eosin")

@@ -92,10 +92,24 @@ def test_models_are_fully_convolutional(name: str) -> None:
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
 
 
-def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
+def test_training_runs_checkpoints_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeseg.segmenter
+    import training.train
+    from edgeseg.preprocess import normalize
     from training.augment import AugmentConfig
     from training.config import TrainConfig
     from training.train import train_on_samples
+
+    channels = {"training crops": set(), "validation": set()}
+    for module, use in ((training.train, "training crops"), (edgeseg.segmenter, "validation")):
+
+        def recording(image, stained_channel="luma", use=use):
+            channels[use].add(stained_channel)
+            return normalize(image, stained_channel)
+
+        monkeypatch.setattr(module, "normalize", recording)
 
     samples = [Sample(f"s{i}", *synthetic_nuclei((64, 64), seed=i)) for i in range(4)]
     config = TrainConfig(
@@ -125,6 +139,7 @@ def test_training_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
 
     manifest = json.loads((run / "model.keras.json").read_text())
     assert manifest["preprocess"]["stained_channel"] == "hematoxylin"  # the runtime feeds that
+    assert channels == {"training crops": {"hematoxylin"}, "validation": {"hematoxylin"}}
     measured = median_nucleus_diameter(s.labels for s in samples[:3])  # the training samples
     assert manifest["nucleus_diameter"]["median_px"] == round(measured[0], 2)
     assert manifest["nucleus_diameter"]["images"] == 3
@@ -173,6 +188,13 @@ def test_epochs_are_scored_at_their_best_thresholds() -> None:
     assert best["validation"]["pixel_iou"] == 1.0
     at_default = next(r for r in results if r["settings"]["foreground_threshold"] == 0.5)
     assert at_default["validation"]["pixel_iou"] < 0.9
+
+
+def test_an_unknown_stained_channel_is_refused_before_training() -> None:
+    from training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="'hematoxilin'"):
+        TrainConfig(model="unet", stained_channel="hematoxilin")
 
 
 def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
