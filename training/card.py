@@ -30,6 +30,10 @@ METRICS = (
 SPLITS = ("train", "validation", "validation_x3", "test")
 
 
+#: How a model card names what stained slides reach the network as.
+STAINED_INPUT = {"luma": "inverted luma", "hematoxylin": "hematoxylin density"}
+
+
 def _percent(value: float | None, key: str) -> str:
     if value is None:
         return "not measured"
@@ -131,7 +135,8 @@ def render_card(run_dir: Path) -> str:
         f"# Model card: {config.model}",
         "",
         f"- Architecture: `{config.model}` {json.dumps(config.model_kwargs)}; input one "
-        "normalised gray channel (edgeseg.preprocess), output [foreground, boundary].",
+        "normalised gray channel (edgeseg.preprocess; stained slides as "
+        f"{STAINED_INPUT[config.stained_channel]}), output [foreground, boundary].",
         f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
         f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
         data_line(config.data_copy),

@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
+from edgeseg.evaluate import by_kind
 from edgeseg.metrics import aggregate, score_image
+from edgeseg.preprocess import image_kind
 from edgeseg.rescale import Diameter, diameter_text, parse_diameter
 from edgeseg.segmenter import load_segmenter
 from training.config import TrainConfig
@@ -61,13 +63,16 @@ def evaluate_run(
     data_copy = TrainConfig.from_file(run_dir / "config.json").data_copy
     train_samples, validation = load_train_validation(data_root, data_copy, cache_dir)
     samples, copy = (train_samples, data_copy) if split == "train" else (validation, "stage1_train")
-    per_image = {}
+    per_image, kinds = {}, {}
     for sample in tqdm(samples, unit="img"):
+        kinds[sample.id] = image_kind(sample.image)
         image, labels = magnified(sample.image, sample.labels, magnify)
         per_image[sample.id] = score_image(labels, segmenter.segment(image, diameter))
     return {
         "aggregate": aggregate(per_image),
+        "by_kind": by_kind(per_image, kinds),
         "per_image": per_image,
+        "kinds": kinds,
         "split": split,
         "data": copy,
         "magnify": magnify,
