@@ -47,9 +47,14 @@ def preprocess_spec(stained_channel: StainedChannel = "luma") -> dict[str, Any]:
 def preprocessing(manifest: Mapping[str, Any]) -> StainedChannel:
     """The stained-image channel a model was trained on, from its manifest."""
     channel = manifest.get("preprocess", {}).get("stained_channel", "luma")
-    if channel not in STAINED_CHANNELS:
-        raise ValueError(f"unknown preprocess.stained_channel {channel!r} in the model manifest")
-    return channel
+    return checked_stained_channel(channel, "the model manifest's preprocess.stained_channel")
+
+
+def checked_stained_channel(value: str, what: str = "stained_channel") -> StainedChannel:
+    """``value`` if it names a known stained-image channel; else a ValueError naming ``what``."""
+    if value not in STAINED_CHANNELS:
+        raise ValueError(f"{what} must be one of {STAINED_CHANNELS}, not {value!r}")
+    return value
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -130,10 +135,7 @@ def normalize(image: np.ndarray, stained_channel: StainedChannel = "luma") -> np
     look alike; bright-background images (brightfield, stains) are inverted. With
     ``stained_channel="hematoxylin"``, stained images give their hematoxylin density instead.
     """
-    if stained_channel not in STAINED_CHANNELS:
-        raise ValueError(
-            f"stained_channel must be one of {STAINED_CHANNELS}, not {stained_channel!r}"
-        )
+    checked_stained_channel(stained_channel)
     array = np.asarray(image)
     stained = _is_stained(array)
     if stained and stained_channel == "hematoxylin":

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeseg.preprocess import RGB_FROM_HED
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,9 +56,7 @@ def synthetic_he(
 ) -> tuple[np.ndarray, np.ndarray]:
     """An H&E-like uint8 RGB image (Beer-Lambert: hematoxylin nuclei in eosin-pink
     cytoplasm that fills the left two thirds, white background) and its instance labels."""
-    image, labels = synthetic_nuclei(shape, seed=seed, touching=False)
-    from edgeseg.preprocess import RGB_FROM_HED
-
+    _, labels = synthetic_nuclei(shape, seed=seed, touching=False)
     rng = np.random.default_rng(seed)
     hematoxylin = np.where(labels > 0, 0.9, 0.0) + rng.uniform(0, 0.05, shape)
     cytoplasm = np.zeros(shape, np.float32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from conftest import synthetic_he, synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
 from edgeseg.manifest import ManifestError, read_manifest, write_manifest
+from edgeseg.preprocess import normalize, preprocess_spec, preprocessing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
@@ -53,7 +55,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     enough to find the disks and give confident probabilities."""
     import keras
 
-    from edgeseg.preprocess import normalize
     from training.losses import SegmentationLoss
     from training.models import build_model
     from training.targets import make_targets
@@ -296,9 +297,6 @@ def test_a_hematoxylin_model_is_calibrated_and_exported_as_trained(
     source: Path, tmp_path: Path
 ) -> None:
     """The manifest's stained channel reaches the INT8 calibration crops and every artifact."""
-    import shutil
-
-    from edgeseg.preprocess import normalize, preprocess_spec, preprocessing
     from export.pipeline import Exporter, ExportSettings
     from export.targets import TARGETS
 

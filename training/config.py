@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgeseg.preprocess import STAINED_CHANNELS, StainedChannel
+from edgeseg.preprocess import StainedChannel, checked_stained_channel
 from training.augment import AugmentConfig
 
 
@@ -29,10 +29,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.stained_channel not in STAINED_CHANNELS:  # before an epoch is spent on it
-            raise ValueError(
-                f"stained_channel must be one of {STAINED_CHANNELS}, not {self.stained_channel!r}"
-            )
+        checked_stained_channel(self.stained_channel)  # a typo fails here, not in a later step
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -149,7 +149,7 @@ def train_on_samples(
     diameter = nucleus_diameter_record(labels, training_source(config.data_copy))
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
     tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
-    preprocessing = preprocess_spec(config.stained_channel)
+    validation_manifest = {"preprocess": preprocess_spec(config.stained_channel)}
 
     class EpochEnd(keras.callbacks.Callback):
         """Validate on whole images, keep the best model, checkpoint for resume."""
@@ -159,7 +159,7 @@ def train_on_samples(
 
         def on_epoch_end(self, epoch, logs=None):
             backend = KerasBackend.from_model(self.model)
-            segmenter = Segmenter(backend, {"preprocess": preprocessing}, tiles=tiles)
+            segmenter = Segmenter(backend, validation_manifest, tiles=tiles)
             maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in validation]
             best = best_result(score_settings(maps, grid_settings(EPOCH_GRID)))
             metrics, score = best["validation"], best["selection_score"]
