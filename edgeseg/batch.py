@@ -42,11 +42,12 @@ from edgeseg.imageio import (
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import write_overlay
 from edgeseg.preprocess import normalize, preprocessing, to_gray
-from edgeseg.rescale import Diameter, diameter_text, recorded_diameter
+from edgeseg.rescale import Diameter, diameter_text, median_diameter, recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
-    "file", "output_stem", "nuclei", "mean_area", "status", "error", "seconds", "diameter_px",
+    "file", "output_stem", "nuclei", "mean_area", "median_diameter_px", "status", "error",
+    "seconds", "diameter_px",
 )  # fmt: skip
 DONE_DIR = ".edgeseg-done"
 PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
@@ -121,6 +122,8 @@ class ImageResult:
     status: str  # "ok", "failed" or "skipped"
     nuclei: int | None = None
     mean_area: float | None = None
+    #: Of the nuclei found: with ``--diameter auto`` it shows the size the model met.
+    median_diameter: float | None = None
     error: str = ""
     seconds: float = 0.0
 
@@ -241,8 +244,15 @@ def plan_batch(
         ):
             clashes.append((job, marker))
         elif all(path.is_file() for path in settings.outputs(job.stem).values()):
-            nuclei, mean_area = marker.get("nuclei"), marker.get("mean_area")
-            skipped.append(ImageResult(job, "skipped", nuclei, mean_area))
+            skipped.append(
+                ImageResult(
+                    job,
+                    "skipped",
+                    marker.get("nuclei"),
+                    marker.get("mean_area"),
+                    marker.get("median_diameter_px"),
+                )
+            )
         else:
             todo.append(job)
     if clashes:
@@ -448,12 +458,12 @@ def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]
     started = time.perf_counter()
     try:
         labels = work.postprocess()
-        nuclei, mean_area = _write_outputs(work.job, work.image, labels, settings, fingerprint)
+        counts = _write_outputs(work.job, work.image, labels, settings, fingerprint)
     except Exception as error:  # e.g. disk full, or labels past uint16: report it, keep going
         seconds = work.seconds + time.perf_counter() - started
         return ImageResult(work.job, "failed", error=_describe(error), seconds=seconds)
     seconds = work.seconds + time.perf_counter() - started
-    return ImageResult(work.job, "ok", nuclei, mean_area, seconds=seconds)
+    return ImageResult(work.job, "ok", *counts, seconds=seconds)
 
 
 def _write_outputs(
@@ -462,8 +472,11 @@ def _write_outputs(
     labels: np.ndarray,
     settings: BatchSettings,
     fingerprint: Mapping[str, Any],
-) -> tuple[int, float | None]:
-    """Write CSV, overlay and labels, then the done-marker last, each atomically."""
+) -> tuple[int, float | None, float | None]:
+    """Write CSV, overlay and labels, then the done-marker last, each atomically.
+
+    Returns the number of nuclei, their mean area and their median diameter (px).
+    """
     marker = settings.marker(job.stem)
     marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
     paths = settings.outputs(job.stem)
@@ -473,16 +486,18 @@ def _write_outputs(
         write_overlay(paths["overlay"], normalize(image), labels)
     write_labels(paths["labels"], labels)
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
+    diameter = median_diameter(labels)
     record = {
         "source": str(job.source.resolve()),
         "settings": dict(fingerprint),
         "outputs": sorted(path.name for path in paths.values()),
         "nuclei": len(rows),
         "mean_area": mean_area,
+        "median_diameter_px": diameter,
     }
     with atomic_path(marker) as temporary:
         temporary.write_text(json.dumps(record, indent=1) + "\n")
-    return len(rows), mean_area
+    return len(rows), mean_area, diameter
 
 
 def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> None:
@@ -500,6 +515,7 @@ def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> No
                     result.job.stem,
                     "" if result.nuclei is None else result.nuclei,
                     "" if result.mean_area is None else round(result.mean_area, 2),
+                    "" if result.median_diameter is None else round(result.median_diameter, 2),
                     result.status,
                     result.error,
                     round(result.seconds, 3),

@@ -11,7 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 from conftest import synthetic_nuclei
+from skimage.measure import regionprops
 
 from edgeseg import batch
 from edgeseg.batch import (
@@ -122,6 +124,9 @@ def test_run_writes_outputs_summary_and_markers(tmp_path: Path) -> None:
     rows = _summary(tmp_path / "out")
     assert [row["status"] for row in rows] == ["failed", "ok", "ok", "ok"]
     assert int(rows[1]["nuclei"]) > 0 and float(rows[1]["mean_area"]) > 0
+    written = tifffile.imread(tmp_path / "out" / "img00_labels.tif")
+    expected = 2 * np.sqrt(np.median([r.area for r in regionprops(written)]) / np.pi)
+    assert float(rows[1]["median_diameter_px"]) == pytest.approx(expected, abs=0.01)
     assert not list((tmp_path / "out").glob(".*.part*"))
 
 

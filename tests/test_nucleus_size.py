@@ -10,14 +10,10 @@ import pytest
 from conftest import synthetic_nuclei
 from test_data import write_kaggle_sample
 
+from edgeseg.rescale import median_diameter
 from training import data_loading
 from training.config import TrainConfig
-from training.nucleus_size import (
-    equivalent_diameters,
-    measure_run,
-    median_nucleus_diameter,
-    nucleus_diameter_record,
-)
+from training.nucleus_size import measure_run, median_nucleus_diameter, nucleus_diameter_record
 
 
 def _squares(*sides: int) -> np.ndarray:
@@ -32,11 +28,9 @@ def _diameter(area: float) -> float:
     return 2 * math.sqrt(area / math.pi)
 
 
-def test_equivalent_diameter_is_that_of_the_disk_of_the_same_area() -> None:
-    np.testing.assert_allclose(
-        equivalent_diameters(_squares(10, 20)), [_diameter(100), _diameter(400)]
-    )
-    assert equivalent_diameters(np.zeros((8, 8), np.uint16)).size == 0
+def test_an_image_s_diameter_is_that_of_the_disk_of_its_median_area() -> None:
+    assert median_diameter(_squares(10, 30, 20)) == pytest.approx(_diameter(400))
+    assert median_diameter(np.zeros((8, 8), np.uint16)) is None
 
 
 def test_median_of_per_image_medians_skips_images_without_nuclei() -> None:

@@ -63,6 +63,24 @@ def test_uneven_illumination_dims_regions_smoothly_and_only_when_asked(strength:
         assert np.abs(np.diff(crop[..., 0], axis=0)).max() < 0.02  # a smooth field, not noise
 
 
+def test_padding_a_small_image_mirrors_its_nuclei_into_the_labels_too() -> None:
+    from training.augment import AugmentConfig, augmented_crop
+
+    _, labels = synthetic_nuclei((40, 50), count=6, seed=3, touching=False)
+    foreground = (labels > 0).astype(np.float32)
+    config = AugmentConfig(
+        crop=96,
+        scale_range=(1.0, 1.0),
+        gamma_range=(1.0, 1.0),
+        contrast_range=(1.0, 1.0),
+        noise_std_max=0.0,
+        blur_probability=0.0,
+    )
+    crop, crop_labels = augmented_crop(foreground, labels, config, np.random.default_rng(0))
+    np.testing.assert_array_equal(crop[..., 0] > 0.5, crop_labels > 0)
+    assert len(np.unique(crop_labels)) - 1 > 2 * (len(np.unique(labels)) - 1)
+
+
 def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:
     from training.evaluate_run import magnified
 

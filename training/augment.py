@@ -48,8 +48,7 @@ def augmented_crop(
     pad_y, pad_x = max(0, source - image.shape[0]), max(0, source - image.shape[1])
     if pad_y or pad_x:
         pads = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
-        image = np.pad(image, pads, mode="reflect")
-        labels = np.pad(labels, pads, mode="constant")
+        image, labels = _mirror_padded(image, labels, pads)
     y = int(rng.integers(0, image.shape[0] - source + 1))
     x = int(rng.integers(0, image.shape[1] - source + 1))
     image = image[y : y + source, x : x + source]
@@ -64,6 +63,25 @@ def augmented_crop(
         image, labels = image[:, ::-1], labels[:, ::-1]
     image = _intensity(np.ascontiguousarray(image), config, rng)
     return image[..., None], np.ascontiguousarray(labels)
+
+
+def _mirror_padded(
+    image: np.ndarray, labels: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad by mirroring both image and labels, as tiled inference pads short images.
+
+    A mirrored nucleus is a nucleus: labelling it background would teach the network to ignore
+    what it sees. Each of the eight mirrored regions gets its own label range, so a nucleus
+    cut by the edge and its mirror image stay two instances with a boundary between them.
+    """
+    image = np.pad(image, pads, mode="reflect")
+    mirrored = np.pad(labels, pads, mode="reflect").astype(np.int32)
+    (top, bottom), (left, right) = pads
+    row_band = np.repeat([0, 1, 2], [top, labels.shape[0], bottom])
+    col_band = np.repeat([0, 1, 2], [left, labels.shape[1], right])
+    region = (row_band[:, None] * 3 + col_band[None, :] + 5) % 9  # 0 for the original area
+    offset = region * (int(labels.max()) + 1)
+    return image, np.where(mirrored > 0, mirrored + offset, 0).astype(np.int32)
 
 
 def _intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -14,32 +14,26 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.rescale import median_diameter
 from training.config import TrainConfig
 from training.data_loading import load_train_validation
 from training.split import SPLIT_FILE
 
 METHOD = (
     "median over the training images of each image's median equivalent diameter "
-    "2*sqrt(area/pi) of its nuclei"
+    "2*sqrt(area/pi) of its nuclei (edgeseg.rescale.median_diameter, as --diameter auto)"
 )
-
-
-def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
-    """2*sqrt(area/pi) of every nucleus in an instance label image (0 = background)."""
-    ids, areas = np.unique(labels, return_counts=True)
-    return 2.0 * np.sqrt(areas[ids != 0] / np.pi)
 
 
 def median_nucleus_diameter(label_images: Iterable[np.ndarray]) -> tuple[float, int]:
     """(median over images of each image's median diameter, images counted).
 
     Per-image medians first, so a few crowded images do not outweigh the rest; images
-    without nuclei say nothing about nucleus size and are left out.
+    without nuclei say nothing about nucleus size and are left out. Each image is measured
+    as ``--diameter auto`` measures a first pass, so the two sizes it compares agree.
     """
     medians = [
-        float(np.median(diameters))
-        for labels in label_images
-        if (diameters := equivalent_diameters(labels)).size
+        diameter for labels in label_images if (diameter := median_diameter(labels)) is not None
     ]
     if not medians:
         raise ValueError("no nuclei in the training labels: their size cannot be measured")

@@ -116,8 +116,8 @@ def segment(
       X_nuclei.csv    one row per nucleus: label, area, centroid, bbox, mean and
                       integrated intensity, perimeter, eccentricity, solidity
       X_overlay.png   nucleus outlines on the image, with --overlay
-      summary.csv     one row per image: nuclei, mean area, status ok/failed/skipped,
-                      error, seconds
+      summary.csv     one row per image: nuclei, mean area, median nucleus diameter,
+                      status ok/failed/skipped, error, seconds, the --diameter asked
     Names: outputs are named after the image's file name. When several inputs share one
     (a/X.png and b/X.tif), each is named after its path below the inputs' common folder,
     folders joined by "__": a__X, b__X (then the extension is added if still needed).
