@@ -122,7 +122,8 @@ class ImageResult:
     status: str  # "ok", "failed" or "skipped"
     nuclei: int | None = None
     mean_area: float | None = None
-    #: Of the nuclei found: with ``--diameter auto`` it shows the size the model met.
+    #: Median diameter (image px) of the nuclei found: with ``--diameter auto``, the size
+    #: it measured.
     median_diameter: float | None = None
     error: str = ""
     seconds: float = 0.0

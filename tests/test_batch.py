@@ -24,6 +24,7 @@ from edgeseg.batch import (
     output_stems,
     plan_batch,
     run_batch,
+    write_summary,
 )
 
 MANIFEST = {"name": "stand-in", "sha256": "ab" * 32}
@@ -158,7 +159,13 @@ def test_plan_skips_complete_redoes_incomplete_refuses_foreign(tmp_path: Path) -
     plan = plan_batch(jobs, settings, MANIFEST)
     assert [job.stem for job in plan.todo] == ["img01"]
     assert [r.job.stem for r in plan.skipped] == ["img00", "img02"]
-    assert all(r.nuclei is not None for r in plan.skipped)
+    assert all(r.nuclei is not None and r.median_diameter for r in plan.skipped)
+    marker = tmp_path / "out" / ".edgeseg-done" / "img00.json"
+    record = json.loads(marker.read_text())
+    del record["median_diameter_px"]  # a marker written before the column existed
+    marker.write_text(json.dumps(record))
+    write_summary(settings, plan_batch(jobs, settings, MANIFEST).skipped)
+    assert _summary(tmp_path / "out")[0]["median_diameter_px"] == ""
     overlay = BatchSettings(output=tmp_path / "out", overlay=True)
     assert len(plan_batch(jobs, overlay, MANIFEST).todo) == 3  # overlays not made yet
     with pytest.raises(BatchError, match="other settings.*model_sha256.*--overwrite"):

@@ -63,11 +63,26 @@ def test_uneven_illumination_dims_regions_smoothly_and_only_when_asked(strength:
         assert np.abs(np.diff(crop[..., 0], axis=0)).max() < 0.02  # a smooth field, not noise
 
 
-def test_padding_a_small_image_mirrors_its_nuclei_into_the_labels_too() -> None:
+def test_mirror_padding_mirrors_nuclei_into_the_labels_as_new_instances() -> None:
+    from training.augment import _mirror_padded
+
+    _, labels = synthetic_nuclei((41, 50), count=6, seed=3, touching=False)
+    pads = ((5, 7), (3, 9))
+    image, padded = _mirror_padded(labels > 0, labels, pads)
+    np.testing.assert_array_equal(padded[5:46, 3:53], labels)  # the original area untouched
+    np.testing.assert_array_equal(padded > 0, image)  # a mirrored nucleus is labelled
+    outside = padded.copy()
+    outside[5:46, 3:53] = 0
+    assert not set(np.unique(outside)[1:]) & set(np.unique(labels))
+
+
+def test_crops_of_much_smaller_images_give_every_mirrored_nucleus_its_own_label() -> None:
+    from skimage.measure import label as connected
+
     from training.augment import AugmentConfig, augmented_crop
 
-    _, labels = synthetic_nuclei((40, 50), count=6, seed=3, touching=False)
-    foreground = (labels > 0).astype(np.float32)
+    labels = np.zeros((14, 17), np.uint16)
+    labels[1:6, 2:7], labels[8:14, 9:15] = 1, 2  # one touches the bottom edge
     config = AugmentConfig(
         crop=96,
         scale_range=(1.0, 1.0),
@@ -76,9 +91,11 @@ def test_padding_a_small_image_mirrors_its_nuclei_into_the_labels_too() -> None:
         noise_std_max=0.0,
         blur_probability=0.0,
     )
-    crop, crop_labels = augmented_crop(foreground, labels, config, np.random.default_rng(0))
+    crop, crop_labels = augmented_crop(labels > 0, labels, config, np.random.default_rng(0))
     np.testing.assert_array_equal(crop[..., 0] > 0.5, crop_labels > 0)
-    assert len(np.unique(crop_labels)) - 1 > 2 * (len(np.unique(labels)) - 1)
+    ids = np.unique(crop_labels)[1:]
+    assert len(ids) > 8 * (len(np.unique(labels)) - 1)  # several mirror passes
+    assert all(connected(crop_labels == i).max() == 1 for i in ids)  # one piece per label
 
 
 def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:

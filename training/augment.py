@@ -45,9 +45,7 @@ def augmented_crop(
     """One augmented float32 (crop, crop, 1) input and its (crop, crop) instance labels."""
     scale = float(np.exp(rng.uniform(*np.log(config.scale_range))))
     source = max(8, int(round(config.crop / scale)))
-    pad_y, pad_x = max(0, source - image.shape[0]), max(0, source - image.shape[1])
-    if pad_y or pad_x:
-        pads = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
+    while pads := _pads_towards(image.shape[:2], source):
         image, labels = _mirror_padded(image, labels, pads)
     y = int(rng.integers(0, image.shape[0] - source + 1))
     x = int(rng.integers(0, image.shape[1] - source + 1))
@@ -65,8 +63,20 @@ def augmented_crop(
     return image[..., None], np.ascontiguousarray(labels)
 
 
+def _pads_towards(shape: tuple[int, ...], size: int) -> tuple[tuple[int, int], ...] | None:
+    """Centred pads growing ``shape`` towards ``size`` a side, or None when it is reached.
+
+    One mirror holds less than a side, so much smaller images take several passes: one pass
+    would repeat a nucleus under one label in the wide band.
+    """
+    needed = [min(max(0, size - side), max(side - 1, 1)) for side in shape]
+    if not any(needed):
+        return None
+    return tuple((pad // 2, pad - pad // 2) for pad in needed)
+
+
 def _mirror_padded(
-    image: np.ndarray, labels: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]
+    image: np.ndarray, labels: np.ndarray, pads: tuple[tuple[int, int], ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pad by mirroring both image and labels, as tiled inference pads short images.
 
