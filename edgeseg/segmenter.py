@@ -25,7 +25,7 @@ import numpy as np
 from edgeseg.backends import Backend, load_backend
 from edgeseg.manifest import read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
-from edgeseg.models import resolve_model
+from edgeseg.models import is_maskrcnn, resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize, preprocessing
 from edgeseg.rescale import Diameter, segment_at_diameter
@@ -111,7 +111,7 @@ def load_segmenter(
     segments whole images, so the tiling options and flip averaging do not apply to it.
     """
     artifact = resolve_model(model)
-    if artifact.suffix.lower() == ".json":  # a multi-graph model, named by its manifest
+    if is_maskrcnn(artifact):
         if (tile, overlap, batch_size) != (None, None, None) or test_time_flips:
             raise ValueError(
                 f"{artifact}: Mask R-CNN segments whole images; tile, overlap, batch size "

@@ -62,11 +62,6 @@ INHERITED = (
 _GRAPH_FILE_KEYS = ("file", "backend", "sha256")
 
 
-def is_maskrcnn(source: Path) -> bool:
-    """Whether ``source`` names a Mask R-CNN (its .json manifest) rather than a single file."""
-    return source.suffix.lower() == ".json"
-
-
 def converts_from_keras(source: Path) -> bool:
     """Whether exporting ``source`` converts Keras graphs (so it needs the export extra)."""
     graphs = read_maskrcnn_manifest(source)["graphs"]

@@ -25,6 +25,7 @@ from edgeseg import __version__
 from edgeseg.data.dataset import Sample
 from edgeseg.imageio import atomic_path
 from edgeseg.manifest import file_sha256, manifest_path, read_manifest, write_manifest
+from edgeseg.models import is_maskrcnn
 from edgeseg.postprocess import PostprocessSettings
 from edgeseg.preprocess import preprocessing
 from edgeseg.segmenter import load_segmenter
@@ -106,7 +107,7 @@ def default_out_dir(source: Path) -> Path:
     export.maskrcnn_pipeline.default_out_dir)."""
     from export import maskrcnn_pipeline
 
-    if maskrcnn_pipeline.is_maskrcnn(source):
+    if is_maskrcnn(source):
         return maskrcnn_pipeline.default_out_dir(source)
     return source.parent / "export" if source.suffix.lower() == ".keras" else source.parent
 
@@ -116,7 +117,7 @@ def converts_from_keras(source: Path) -> bool:
     rather than only building the engine of a TensorRT-ready export."""
     from export import maskrcnn_pipeline
 
-    if maskrcnn_pipeline.is_maskrcnn(source):
+    if is_maskrcnn(source):
         return maskrcnn_pipeline.converts_from_keras(source)
     return source.suffix.lower() == ".keras"
 
@@ -126,7 +127,7 @@ def open_exporter(
 ) -> BaseExporter:
     """The exporter for ``source``: a Mask R-CNN manifest (.json) or a single model file;
     ``samples`` are `BaseExporter`'s image sets."""
-    from export.maskrcnn_pipeline import MaskRCNNExporter, is_maskrcnn
+    from export.maskrcnn_pipeline import MaskRCNNExporter
 
     kind = MaskRCNNExporter if is_maskrcnn(source) else Exporter
     return kind(source, out_dir, settings, **samples)

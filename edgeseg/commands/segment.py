@@ -254,11 +254,11 @@ def load_for_batch(
 def _runs_in_parallel(model: str | None, backend: str | None) -> bool:
     from edgeseg.backends import PARALLEL_BACKENDS, artifact_format
     from edgeseg.manifest import read_manifest
-    from edgeseg.models import resolve_model
+    from edgeseg.models import is_maskrcnn, resolve_model
 
     try:
         artifact = resolve_model(model)
-        if artifact.suffix.lower() == ".json":  # Mask R-CNN: untested from several threads
+        if is_maskrcnn(artifact):  # untested from several threads
             return False
         manifest = read_manifest(artifact, verify=False)
         return (backend or artifact_format(artifact, manifest)) in PARALLEL_BACKENDS

@@ -87,5 +87,10 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def is_maskrcnn(artifact: Path) -> bool:
+    """A Mask R-CNN is three graphs, so it is named by its manifest (``maskrcnn.json``)."""
+    return artifact.suffix.lower() == ".json"
+
+
 def _is_artifact(path: Path) -> bool:
     return any(path.suffix.lower() in suffixes for suffixes in SUFFIXES.values())
