@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from training.config import TrainConfig
@@ -150,15 +151,24 @@ def render_card(run_dir: Path) -> str:
         "",
     ]
     lines += results_tables(run_dir, evaluations, validation)
-    lines += [
-        "",
-        "Numbers are per-image means (edgeseg.metrics). Test numbers come from "
-        "`edgeseg segment` + `edgeseg eval` with this model (commands in training/README.md).",
-    ]
+    lines += ["", footer_line("`edgeseg segment` + `edgeseg eval` with this model")]
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def footer_line(test_commands: str) -> str:
+    """Every card's last line: how its numbers were measured."""
+    return (
+        f"Numbers are per-image means (edgeseg.metrics). Test numbers come from {test_commands} "
+        "(commands in training/README.md)."
+    )
+
+
+def write_card(render: Callable[[Path], str]) -> None:
+    """``python -m <card module> RUN_DIR``: (re)write RUN_DIR/MODEL_CARD.md."""
     run = Path(sys.argv[1])
-    (run / "MODEL_CARD.md").write_text(render_card(run))
+    (run / "MODEL_CARD.md").write_text(render(run))
     print(f"wrote {run / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    write_card(render_card)

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
-from training.card import data_line, read_evaluations, results_tables, wall_time_line
+from training.card import (
+    data_line,
+    footer_line,
+    read_evaluations,
+    results_tables,
+    wall_time_line,
+    write_card,
+)
 from training.maskrcnn.config import MaskRCNNTrainConfig
 from training.maskrcnn.manifest import model_manifest
 
@@ -68,14 +74,12 @@ def render_card(run_dir: Path, tile: int = 256) -> str:
         "",
         *results_tables(run_dir, read_evaluations(run_dir), validation),
         "",
-        "Numbers are per-image means (edgeseg.metrics). Test numbers come from "
-        "`edgeseg segment --model training/runs/maskrcnn/model/maskrcnn.json` + `edgeseg eval` "
-        "(commands in training/README.md).",
+        footer_line(
+            "`edgeseg segment --model training/runs/maskrcnn/model/maskrcnn.json` + `edgeseg eval`"
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    run = Path(sys.argv[1])
-    (run / "MODEL_CARD.md").write_text(render_card(run))
-    print(f"wrote {run / 'MODEL_CARD.md'}")
+    write_card(render_card)
