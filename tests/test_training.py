@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from conftest import synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
+
+if TYPE_CHECKING:
+    from training.augment import AugmentConfig
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow
@@ -40,20 +44,20 @@ def test_crops_have_the_configured_shape_and_are_deterministic() -> None:
     assert set(np.unique(first[1])) <= {0, 1}
 
 
+def _geometry_only(**changes: Any) -> AugmentConfig:
+    """Augmentation without rescaling, gamma, contrast, noise or blur (plus ``changes``)."""
+    from training.augment import AugmentConfig
+
+    fixed = dict(scale_range=(1.0, 1.0), gamma_range=(1.0, 1.0), contrast_range=(1.0, 1.0))
+    return AugmentConfig(**{**fixed, "noise_std_max": 0.0, "blur_probability": 0.0, **changes})
+
+
 @pytest.mark.parametrize("strength", [0.0, 0.6])
 def test_uneven_illumination_dims_regions_smoothly_and_only_when_asked(strength: float) -> None:
-    from training.augment import AugmentConfig, augmented_crop
+    from training.augment import augmented_crop
 
     flat = np.full((80, 80), 0.5, np.float32)
-    config = AugmentConfig(
-        crop=64,
-        scale_range=(1.0, 1.0),
-        gamma_range=(1.0, 1.0),
-        contrast_range=(1.0, 1.0),
-        noise_std_max=0.0,
-        blur_probability=0.0,
-        uneven_illumination=strength,
-    )
+    config = _geometry_only(crop=64, uneven_illumination=strength)
     crop, _ = augmented_crop(flat, np.zeros((80, 80), np.int32), config, np.random.default_rng(7))
     spread = float(crop.max() - crop.min())
     if strength == 0.0:
@@ -79,18 +83,11 @@ def test_mirror_padding_mirrors_nuclei_into_the_labels_as_new_instances() -> Non
 def test_crops_of_much_smaller_images_give_every_mirrored_nucleus_its_own_label() -> None:
     from skimage.measure import label as connected
 
-    from training.augment import AugmentConfig, augmented_crop
+    from training.augment import augmented_crop
 
     labels = np.zeros((14, 17), np.uint16)
     labels[1:6, 2:7], labels[8:14, 9:15] = 1, 2  # one touches the bottom edge
-    config = AugmentConfig(
-        crop=96,
-        scale_range=(1.0, 1.0),
-        gamma_range=(1.0, 1.0),
-        contrast_range=(1.0, 1.0),
-        noise_std_max=0.0,
-        blur_probability=0.0,
-    )
+    config = _geometry_only(crop=96)
     crop, crop_labels = augmented_crop(labels > 0, labels, config, np.random.default_rng(0))
     np.testing.assert_array_equal(crop[..., 0] > 0.5, crop_labels > 0)
     ids = np.unique(crop_labels)[1:]
