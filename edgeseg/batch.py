@@ -122,8 +122,8 @@ class ImageResult:
     status: str  # "ok", "failed" or "skipped"
     nuclei: int | None = None
     mean_area: float | None = None
-    #: Median diameter (image px) of the nuclei found: with ``--diameter auto``, the size
-    #: it measured.
+    #: Median diameter (image px) of the nuclei in the labels written: with ``--diameter``
+    #: it shows the size the rescaling met.
     median_diameter: float | None = None
     error: str = ""
     seconds: float = 0.0

@@ -93,6 +93,7 @@ def test_crops_of_much_smaller_images_give_every_mirrored_nucleus_its_own_label(
     ids = np.unique(crop_labels)[1:]
     assert len(ids) > 8 * (len(np.unique(labels)) - 1)  # several mirror passes
     assert all(connected(crop_labels == i).max() == 1 for i in ids)  # one piece per label
+    assert ids.max() < 2 * len(ids)  # numbered densely, not multiplied by each pass
 
 
 def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:

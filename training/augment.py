@@ -90,8 +90,13 @@ def _mirror_padded(
     row_band = np.repeat([0, 1, 2], [top, labels.shape[0], bottom])
     col_band = np.repeat([0, 1, 2], [left, labels.shape[1], right])
     region = (row_band[:, None] * 3 + col_band[None, :] + 5) % 9  # 0 for the original area
-    offset = region * (int(labels.max()) + 1)
-    return image, np.where(mirrored > 0, mirrored + offset, 0).astype(np.int32)
+    largest = int(labels.max())
+    copies = (region > 0) & (mirrored > 0)
+    # numbered on from the largest id, densely: ids stay small (float32-exact) over passes
+    _, copy_ids = np.unique(mirrored[copies] + region[copies] * (largest + 1), return_inverse=True)
+    mirrored[region > 0] = 0
+    mirrored[copies] = largest + 1 + copy_ids.ravel()
+    return image, mirrored
 
 
 def _intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
