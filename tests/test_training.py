@@ -48,8 +48,16 @@ def _geometry_only(**changes: Any) -> AugmentConfig:
     """Augmentation without rescaling, gamma, contrast, noise or blur (plus ``changes``)."""
     from training.augment import AugmentConfig
 
-    fixed = dict(scale_range=(1.0, 1.0), gamma_range=(1.0, 1.0), contrast_range=(1.0, 1.0))
-    return AugmentConfig(**{**fixed, "noise_std_max": 0.0, "blur_probability": 0.0, **changes})
+    return AugmentConfig(
+        **{
+            "scale_range": (1.0, 1.0),
+            "gamma_range": (1.0, 1.0),
+            "contrast_range": (1.0, 1.0),
+            "noise_std_max": 0.0,
+            "blur_probability": 0.0,
+            **changes,
+        }
+    )
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.6])

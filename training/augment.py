@@ -95,7 +95,7 @@ def _mirror_padded(
     # numbered on from the largest id, densely: ids stay small (float32-exact) over passes
     _, copy_ids = np.unique(mirrored[copies] + region[copies] * (largest + 1), return_inverse=True)
     mirrored[region > 0] = 0
-    mirrored[copies] = largest + 1 + copy_ids.ravel()
+    mirrored[copies] = largest + 1 + copy_ids
     return image, mirrored
 
 
