@@ -41,7 +41,7 @@ from edgeseg.imageio import (
 )
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import write_overlay
-from edgeseg.preprocess import normalize, preprocessing, to_gray
+from edgeseg.preprocess import preprocessing, to_gray
 from edgeseg.rescale import Diameter, diameter_text, median_diameter, recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
@@ -484,7 +484,7 @@ def _write_outputs(
     rows = measure_nuclei(labels, to_gray(image))
     write_nuclei_csv(paths["nuclei"], rows)
     if "overlay" in paths:
-        write_overlay(paths["overlay"], normalize(image), labels)
+        write_overlay(paths["overlay"], image, labels)
     write_labels(paths["labels"], labels)
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
     diameter = median_diameter(labels)

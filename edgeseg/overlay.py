@@ -1,7 +1,9 @@
-"""A quick-look PNG: nucleus outlines drawn on the normalised image.
+"""A quick-look PNG: nucleus outlines drawn on the image as it was captured.
 
 Lets a technician check a batch by eye without opening Fiji. Touching nuclei get different
-colours so a wrong split or merge is visible.
+colours so a wrong split or merge is visible. The image keeps its own colours and polarity
+(a stained slide still looks like a slide, whatever channel the model was fed), only
+contrast-stretched so a dim 16-bit fluorescence image is visible.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import cv2
 import numpy as np
 
 from edgeseg.imageio import atomic_path
+from edgeseg.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, to_gray
 
 
 def _palette(count: int) -> np.ndarray:
@@ -21,19 +24,31 @@ def _palette(count: int) -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
 
 
-def draw_overlay(normalized: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the [0, 1] image in gray with each nucleus' inner outline in colour."""
-    gray = (np.clip(normalized, 0.0, 1.0) * 255).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+def displayed(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of a raw image: its colours (alpha dropped) or its gray, stretched
+    between its low and high percentiles over all channels, so hues keep their balance."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] >= 3:
+        colour = array[..., :3].astype(np.float32)
+    else:
+        colour = np.repeat(to_gray(array)[..., None], 3, axis=2)
+    low, high = np.percentile(colour, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    stretched = (colour - low) / max(float(high - low), 1e-6)
+    return (np.clip(stretched, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def draw_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3): ``displayed(image)`` with each nucleus' inner outline in colour."""
+    rgb = displayed(image)
     kernel = np.ones((3, 3), np.uint8)
     outline = (labels > 0) & (cv2.dilate(labels, kernel) != cv2.erode(labels, kernel))
     rgb[outline] = _palette(int(labels.max(initial=0)))[labels[outline]]
     return rgb
 
 
-def write_overlay(path: str | os.PathLike, normalized: np.ndarray, labels: np.ndarray) -> None:
-    """Write the overlay as a PNG, atomically."""
-    rgb = draw_overlay(normalized, labels)
+def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
+    """Write the overlay of the raw ``image`` as a PNG, atomically."""
+    rgb = draw_overlay(image, labels)
     with atomic_path(path) as temporary:
         if not cv2.imwrite(str(temporary), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"{path}: could not write the overlay PNG")
