@@ -50,6 +50,7 @@ SUMMARY_COLUMNS = (
     "seconds", "diameter_px",
 )  # fmt: skip
 DONE_DIR = ".edgeseg-done"
+LABEL_FORMATS = ("tif", "png")
 PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
 SUMMARY_EVERY_S = 10.0
 
@@ -88,6 +89,19 @@ class BatchSettings:
         if self.overlay:
             names["overlay"] = f"{stem}_overlay.png"
         return {kind: self.output / name for kind, name in names.items()}
+
+    def stale_outputs(self, stem: str) -> list[Path]:
+        """Outputs of ``stem`` an earlier run may have left that this one does not write.
+
+        Labels in the other format always (two label files for one image, and `edgeseg eval`
+        would score either); with --overwrite an overlay not asked for now too (it shows the
+        results being replaced).
+        """
+        kept = self.outputs(stem).values()
+        candidates = [self.output / f"{stem}_labels.{suffix}" for suffix in LABEL_FORMATS]
+        if self.overwrite:
+            candidates.append(self.output / f"{stem}_overlay.png")
+        return [path for path in candidates if path not in kept]
 
     def marker(self, stem: str) -> Path:
         return self.output / DONE_DIR / f"{stem}.json"
@@ -141,11 +155,13 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     A file given by name is always a job, so an unsupported or corrupt one is reported
     rather than silently ignored; inside folders only image suffixes are picked up.
     """
-    found: dict[Path, Path] = {}  # resolved -> as the user will recognise it
+    found: dict[Path, Path] = {}  # absolute -> as the user will recognise it
     for item in inputs:
         candidates = walk_images(item) if item.is_dir() else [item]
         for path in candidates:
-            found.setdefault(path.resolve(), path)
+            # Not resolve(): links (git-annex, DataLad, symlink farms) are files in their own
+            # right, named as the user named them, even when two share one target.
+            found.setdefault(_absolute(path), path)
     if not found:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
         raise BatchError(
@@ -156,9 +172,18 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     return [ImageJob(i, sources[i], stems[i]) for i in range(len(sources))]
 
 
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and ``..``-free without following symbolic links."""
+    return Path(os.path.abspath(path))
+
+
 def walk_images(folder: Path) -> Iterable[Path]:
-    """Image files below ``folder`` in a stable order, hidden files and folders skipped."""
+    """Image files below ``folder`` in a stable order; hidden files and folders are skipped,
+    and so are edgeseg's own output folders (a results folder kept beside the images)."""
     for root, dirs, files in os.walk(folder):
+        if (Path(root) / DONE_DIR).is_dir():
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
@@ -172,20 +197,20 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     path relative to the inputs' common folder joined by "__" (``plate1/A01.tif`` ->
     ``plate1__A01``); if that still clashes the suffix is added (``A01_tif``), then a number.
     """
-    resolved = [source.resolve() for source in sources]
+    absolute = [_absolute(source) for source in sources]
     try:
-        root: Path | None = Path(os.path.commonpath([path.parent for path in resolved]))
+        root: Path | None = Path(os.path.commonpath([path.parent for path in absolute]))
     except ValueError:  # inputs on different Windows drives share no folder
         root = None
 
     def by_path(index: int) -> str:
-        path = resolved[index].with_suffix("")
+        path = absolute[index].with_suffix("")
         return "__".join(path.relative_to(root).parts if root else path.parts[1:])
 
     def by_suffix(index: int) -> str:
-        return f"{by_path(index)}_{resolved[index].suffix.lstrip('.').lower()}"
+        return f"{by_path(index)}_{absolute[index].suffix.lstrip('.').lower()}"
 
-    stems = [path.stem for path in resolved]
+    stems = [path.stem for path in absolute]
     for rename in (by_path, by_suffix):
         counts = Counter(stem.casefold() for stem in stems)
         stems = [rename(i) if counts[s.casefold()] > 1 else s for i, s in enumerate(stems)]
@@ -230,7 +255,8 @@ def plan_batch(
     An image is complete when its done-marker says it was made from the same file with the
     same model, page, channel and diameter, and every output this run asks for exists.
     Results made from another file or with other settings are never reused nor silently
-    replaced.
+    replaced. A file changed since its results were made (size or modification time:
+    microscopes re-export under the same name) is done again.
     """
     if settings.overwrite:
         return BatchPlan(list(jobs), [])
@@ -240,10 +266,10 @@ def plan_batch(
         marker = read_marker(settings.marker(job.stem))
         if marker is None:
             todo.append(job)
-        elif marker.get("source") != str(job.source.resolve()) or (
-            marker.get("settings") != fingerprint
-        ):
+        elif _other_source(marker, job) or marker.get("settings") != fingerprint:
             clashes.append((job, marker))
+        elif _changed_since(marker, job):
+            todo.append(job)
         elif all(path.is_file() for path in settings.outputs(job.stem).values()):
             skipped.append(
                 ImageResult(
@@ -276,9 +302,32 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else None
 
 
-def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[str, Any]) -> str:
+def source_stamp(path: Path) -> dict[str, int] | None:
+    """Size and modification time (ns) of the file ``path`` names, None if it is unreadable."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _other_source(marker: Mapping[str, Any], job: ImageJob) -> str | None:
+    """Why the marker's results were not made from ``job``'s file, or None."""
     if marker.get("source") != str(job.source.resolve()):
         return f"made from {marker.get('source')}, not {job.source.resolve()}"
+    return None
+
+
+def _changed_since(marker: Mapping[str, Any], job: ImageJob) -> bool:
+    """Whether ``job``'s file changed after the marker's results were made from it. Markers
+    written before stamps were recorded, and files since moved away, count as unchanged."""
+    before, now = marker.get("source_stamp"), source_stamp(job.source)
+    return before is not None and now is not None and before != now
+
+
+def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[str, Any]) -> str:
+    if (reason := _other_source(marker, job)) is not None:
+        return reason
     before = marker.get("settings") or {}
     keys = [*fingerprint, *(key for key in before if key not in fingerprint)]
     changed = [key for key in keys if before.get(key) != fingerprint.get(key)]
@@ -300,6 +349,8 @@ class _Work:
 
     job: ImageJob
     image: np.ndarray | None = None
+    #: The file's source_stamp taken before it was read: the version the results are of.
+    stamp: dict[str, int] | None = None
     #: Post-processes the network's output into labels (Segmenter.infer), on the writer.
     postprocess: Callable[[], np.ndarray] | None = None
     error: str = ""
@@ -370,12 +421,13 @@ def run_batch(
     inference and those waiting to be written are finished, the rest are left out of the
     results, undone, for the next run.
     summary.csv is rewritten atomically every few seconds and at the end, also when the run
-    is interrupted.
+    is interrupted; rows of earlier runs for other images of OUT stay in it.
     """
     settings.output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(settings.output)
     fingerprint = settings.fingerprint(segmenter.manifest)
     results = list(plan.skipped)
+    earlier = earlier_rows(settings, [*plan.todo, *(result.job for result in plan.skipped)])
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=PREFETCH)
     segmented: queue.Queue = queue.Queue(maxsize=PREFETCH)
@@ -401,7 +453,7 @@ def run_batch(
             if on_result is not None:
                 on_result(result)
             if time.monotonic() - last_summary > SUMMARY_EVERY_S:
-                write_summary(settings, results)
+                write_summary(settings, results, earlier)
                 last_summary = time.monotonic()
 
     def infer_all() -> None:
@@ -424,28 +476,44 @@ def run_batch(
     workers = [_Stage(infer_all, f"edgeseg-infer{i}") for i in range(max(1, inference_workers))]
     for stage in (reader, writer, *workers):
         stage.start()
-    try:
-        for worker in workers:
-            worker.join()
-    finally:
-        stop.set()  # on Ctrl-C: read no more, but write what is already segmented
+
+    def wind_down() -> None:
         for worker in workers:
             worker.join()  # each finishes the image it holds
         _put(segmented, _END, writer.is_alive)
         writer.join()
         reader.join()
-        write_summary(settings, results)
+        write_summary(settings, results, earlier)
+
+    try:
+        for worker in workers:
+            worker.join()
+    finally:
+        stop.set()  # on Ctrl-C: read no more, but write what is already segmented
+        _despite_interrupts(wind_down)
     for stage in (reader, writer, *workers):
         if stage.error is not None:
             raise stage.error
     return results
 
 
+def _despite_interrupts(action: Callable[[], None]) -> None:
+    """Run ``action`` to its end even through further Ctrl-C presses: leaving now would lose
+    the summary and kill inference threads inside native code (a hard abort)."""
+    while True:
+        try:
+            action()
+            return
+        except KeyboardInterrupt:
+            continue  # ``action`` is safe to start over: joins, one more end mark, a rewrite
+
+
 def _read(job: ImageJob, settings: BatchSettings) -> _Work:
     started = time.perf_counter()
+    stamp = source_stamp(job.source)
     try:
         image = read_plane(job.source, settings.page, settings.channel, settings.max_megapixels)
-        work = _Work(job, image=image)
+        work = _Work(job, image=image, stamp=stamp)
     except Exception as error:  # any undecodable file fails alone, named in the summary
         work = _Work(job, error=_describe(error))
     work.seconds = time.perf_counter() - started
@@ -454,22 +522,31 @@ def _read(job: ImageJob, settings: BatchSettings) -> _Work:
 
 def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]) -> ImageResult:
     """Post-process, measure and write one image; any failure is that image's alone."""
-    if work.image is None or work.postprocess is None:
-        return ImageResult(work.job, "failed", error=work.error, seconds=work.seconds)
     started = time.perf_counter()
-    try:
-        labels = work.postprocess()
-        counts = _write_outputs(work.job, work.image, labels, settings, fingerprint)
-    except Exception as error:  # e.g. disk full, or labels past uint16: report it, keep going
-        seconds = work.seconds + time.perf_counter() - started
-        return ImageResult(work.job, "failed", error=_describe(error), seconds=seconds)
+    error = work.error
+    if work.image is not None and work.postprocess is not None:
+        try:
+            labels = work.postprocess()
+            counts = _write_outputs(work, labels, settings, fingerprint)
+            seconds = work.seconds + time.perf_counter() - started
+            return ImageResult(work.job, "ok", *counts, seconds=seconds)
+        except Exception as failure:  # e.g. disk full, or labels past uint16: report, go on
+            error = _describe(failure)
+    if settings.overwrite:  # what is left was made otherwise: replaced by nothing, not kept
+        _discard_results(work.job.stem, settings)
     seconds = work.seconds + time.perf_counter() - started
-    return ImageResult(work.job, "ok", *counts, seconds=seconds)
+    return ImageResult(work.job, "failed", error=error, seconds=seconds)
+
+
+def _discard_results(stem: str, settings: BatchSettings) -> None:
+    """Remove the done-marker and every output of ``stem``."""
+    settings.marker(stem).unlink(missing_ok=True)
+    for path in [*settings.outputs(stem).values(), *settings.stale_outputs(stem)]:
+        path.unlink(missing_ok=True)
 
 
 def _write_outputs(
-    job: ImageJob,
-    image: np.ndarray,
+    work: _Work,
     labels: np.ndarray,
     settings: BatchSettings,
     fingerprint: Mapping[str, Any],
@@ -478,8 +555,11 @@ def _write_outputs(
 
     Returns the number of nuclei, their mean area and their median diameter (px).
     """
+    job, image = work.job, work.image
     marker = settings.marker(job.stem)
     marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
+    for stale in settings.stale_outputs(job.stem):
+        stale.unlink(missing_ok=True)
     paths = settings.outputs(job.stem)
     rows = measure_nuclei(labels, to_gray(image))
     write_nuclei_csv(paths["nuclei"], rows)
@@ -490,6 +570,7 @@ def _write_outputs(
     diameter = median_diameter(labels)
     record = {
         "source": str(job.source.resolve()),
+        "source_stamp": work.stamp,
         "settings": dict(fingerprint),
         "outputs": sorted(path.name for path in paths.values()),
         "nuclei": len(rows),
@@ -501,9 +582,32 @@ def _write_outputs(
     return len(rows), mean_area, diameter
 
 
-def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> None:
-    """OUT/summary.csv: one row per image in input order, rewritten atomically so it is never
-    half a table. Every row was made with ``settings``, so each carries its diameter."""
+def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict[str, str]]:
+    """Rows of OUT's summary.csv for images other than ``jobs``' whose results are still there
+    (done-marker present) or which failed: a run on a few images must not hide the others."""
+    stems = {job.stem for job in jobs}
+    try:
+        with open(settings.output / SUMMARY_NAME, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, ValueError):  # no summary yet, or not ours: nothing to keep
+        return []
+    return [
+        row
+        for row in rows
+        if (stem := row.get("output_stem"))
+        and stem not in stems
+        and (row.get("status") == "failed" or settings.marker(stem).is_file())
+    ]
+
+
+def write_summary(
+    settings: BatchSettings,
+    results: Iterable[ImageResult],
+    earlier: Sequence[Mapping[str, str]] = (),
+) -> None:
+    """OUT/summary.csv: one row per image in input order, then the ``earlier`` rows as they
+    were, rewritten atomically so it is never half a table. This run's rows were made with
+    ``settings``, so each carries its diameter."""
     diameter = diameter_text(settings.diameter)
     path = settings.output / SUMMARY_NAME
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
@@ -523,6 +627,8 @@ def write_summary(settings: BatchSettings, results: Iterable[ImageResult]) -> No
                     diameter,
                 ]
             )
+        for row in earlier:
+            writer.writerow([row.get(column, "") for column in SUMMARY_COLUMNS])
 
 
 def summary_lines(results: Sequence[ImageResult], seconds: float, output: Path) -> list[str]:

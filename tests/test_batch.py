@@ -178,6 +178,105 @@ def test_plan_skips_complete_redoes_incomplete_refuses_foreign(tmp_path: Path) -
         plan_batch(discover_images(other), settings, MANIFEST)
 
 
+def test_a_file_replaced_under_its_name_is_done_again(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "in", 2)
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    cv2.imwrite(str(paths[0]), np.zeros((32, 48), np.uint8))  # re-exported by the microscope
+    plan = plan_batch(jobs, settings, MANIFEST)
+    assert [job.stem for job in plan.todo] == ["img00"]
+    run_batch(ThresholdSegmenter(), plan, settings)
+    assert tifffile.imread(tmp_path / "out" / "img00_labels.tif").shape == (32, 48)
+    rows = _summary(settings.output)
+    assert [(row["output_stem"], row["status"], row["nuclei"]) for row in rows][0] == (
+        "img00",
+        "ok",
+        "0",
+    )
+    assert rows[1]["status"] == "skipped"
+
+
+def test_symbolic_links_are_named_and_kept_as_the_user_named_them(tmp_path: Path) -> None:
+    """git-annex and DataLad folders hold links, several of them to one content file."""
+    target = _write_images(tmp_path / "store", 1)[0]
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    for name in ("A01_control.png", "A02_control.png"):
+        (plate / name).symlink_to(target)
+    jobs = discover_images([plate, plate / "A01_control.png"])
+    assert [job.stem for job in jobs] == ["A01_control", "A02_control"]
+
+
+def test_results_folders_inside_an_input_folder_are_not_read_as_images(tmp_path: Path) -> None:
+    images = _write_images(tmp_path / "in", 2)
+    settings = BatchSettings(output=tmp_path / "in" / "results")  # made from files, allowed
+    run_batch(
+        ThresholdSegmenter(), plan_batch(discover_images(images), settings, MANIFEST), settings
+    )
+    settings_png = BatchSettings(output=tmp_path / "in" / "results", label_format="png")
+    run_batch(
+        ThresholdSegmenter(),
+        plan_batch(discover_images(images), settings_png, MANIFEST),
+        settings_png,
+    )
+    assert [job.stem for job in discover_images([tmp_path / "in"])] == ["img00", "img01"]
+
+
+def test_other_format_labels_are_replaced_not_left_beside(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 1)
+    jobs = discover_images([tmp_path / "in"])
+    for label_format in ("tif", "png"):
+        settings = BatchSettings(output=tmp_path / "out", label_format=label_format)
+        run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    assert sorted(path.name for path in (tmp_path / "out").glob("img00_labels.*")) == [
+        "img00_labels.png"
+    ]
+
+
+def test_overwrite_leaves_nothing_of_the_old_results_of_a_failed_image(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "in", 2)
+    jobs = discover_images([tmp_path / "in"])
+    first = BatchSettings(output=tmp_path / "out", overlay=True)
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, first, MANIFEST), first)
+    paths[0].write_bytes(b"now unreadable")
+    again = BatchSettings(output=tmp_path / "out", overwrite=True, diameter=30.0)
+    results = run_batch(ThresholdSegmenter(), plan_batch(jobs, again, MANIFEST), again)
+    assert [result.status for result in results] == ["failed", "ok"]
+    assert sorted(path.name for path in (tmp_path / "out").glob("img00*")) == []
+    assert not again.marker("img00").exists()
+    assert not (tmp_path / "out" / "img01_overlay.png").exists()  # not asked for this time
+
+
+def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    settings.marker("img02").unlink()  # its results are no longer trusted
+    one = discover_images([paths[0]])
+    run_batch(ThresholdSegmenter(), plan_batch(one, settings, MANIFEST), settings)
+    rows = _summary(settings.output)
+    assert [(row["output_stem"], row["status"]) for row in rows] == [
+        ("img00", "skipped"),
+        ("broken", "failed"),
+        ("img01", "ok"),
+    ]
+
+
+def test_a_second_interrupt_still_lets_the_run_wind_down() -> None:
+    calls: list[int] = []
+
+    def wind_down() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KeyboardInterrupt  # Ctrl-C pressed again while winding down
+
+    batch._despite_interrupts(wind_down)
+    assert len(calls) == 3
+
+
 def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_images(tmp_path / "in", 3)
     real_write = batch.write_labels

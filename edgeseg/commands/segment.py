@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -205,6 +206,8 @@ def segment(
                 tqdm.write(f"FAILED {result.job.source}: {result.error}", file=sys.stderr)
             bar.update()
 
+        # SIGTERM (a service stop, `kill`, `timeout`) ends the run as Ctrl-C does: cleanly.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             results = run_batch(
                 segmenter, plan, settings, on_result=report, inference_workers=workers
@@ -216,6 +219,8 @@ def segment(
                 err=True,
             )
             sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
     if any(result.status == "failed" for result in results):
         sys.exit(1)
