@@ -173,6 +173,8 @@ def discover(
         sources: list[tuple[Path, str | None]] = []
         for path in map(Path, artifact_paths):
             found = [path] if path.is_file() else manifests_in(path, recursive=True)
+            if not found:  # else the report would quietly hold only the built-in model
+                raise ValueError(f"{path}: no exported model (an artifact with its manifest)")
             sources += [(artifact, None) for artifact in found]
     else:
         sources = list(_run_artifacts(runs_dir)) if runs_dir is not None else []

@@ -161,13 +161,16 @@ def run_bench(
     dataset = resolve_split(Path(settings.data), settings.split)
     all_refs = find_samples(dataset)
     refs = select_images(all_refs, settings.images)
-    configs = discover(
-        settings.runs_dir,
-        settings.artifacts,
-        settings.models,
-        settings.targets,
-        settings.include_builtin,
-    )
+    try:
+        configs = discover(
+            settings.runs_dir,
+            settings.artifacts,
+            settings.models,
+            settings.targets,
+            settings.include_builtin,
+        )
+    except ValueError as error:  # an --artifacts path holding no model
+        raise BenchError(str(error)) from error
     if not configs:
         where = ", ".join(map(str, settings.artifacts)) or str(settings.runs_dir)
         raise BenchError(f"no model artifacts (with a .json manifest) found in {where}")

@@ -47,9 +47,19 @@ def resolve_split(data_root: Path, split: str) -> Path:
 
 
 def prediction_path(pred_dir: Path, sample_id: str) -> Path | None:
-    """``<pred_dir>/<id>_labels.tif`` (or .tiff, .png, in that preference); None if absent."""
-    candidates = (Path(pred_dir) / f"{sample_id}{suffix}" for suffix in PREDICTION_SUFFIXES)
-    return next((path for path in candidates if path.is_file()), None)
+    """``<pred_dir>/<id>_labels.tif`` (or .tiff, or .png); None if absent.
+
+    Two label files for one image are refused: which one holds the results to score is not
+    for the evaluator to guess.
+    """
+    candidates = [Path(pred_dir) / f"{sample_id}{suffix}" for suffix in PREDICTION_SUFFIXES]
+    found = [path for path in candidates if path.is_file()]
+    if len(found) > 1:
+        raise EvaluationError(
+            f"{' and '.join(map(str, found))}: two label files for image {sample_id}; "
+            "remove the one that is not the result to score"
+        )
+    return found[0] if found else None
 
 
 def evaluate_folder(

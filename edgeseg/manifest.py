@@ -16,6 +16,10 @@ from typing import Any
 
 FORMAT_VERSION = 1
 OUTPUT_CHANNELS = ("foreground", "boundary")
+#: Sections the runtime reads as JSON objects, when a manifest has them.
+OBJECT_SECTIONS = (
+    "input", "output", "preprocess", "tile", "postprocess", "verification", "nucleus_diameter",
+)  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -64,6 +68,7 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str,
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ManifestError(f"{path}: unreadable manifest ({error})") from error
+    check_layout(manifest, path)
     if verify:
         actual = file_sha256(artifact)
         if actual != manifest.get("sha256"):
@@ -73,6 +78,22 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str,
                 "refusing to load it"
             )
     return manifest
+
+
+def check_layout(manifest: Any, path: Path) -> None:
+    """Refuse a manifest whose sections have the wrong JSON type, or whose output channels
+    are not in the order the runtime reads them, before any of it is used."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: a manifest is a JSON object, not {type(manifest).__name__}")
+    wrong = [key for key in OBJECT_SECTIONS if not isinstance(manifest.get(key, {}), dict)]
+    if wrong:
+        raise ManifestError(f"{path}: {', '.join(wrong)} must be JSON objects ({{...}})")
+    channels = manifest.get("output_channels", list(OUTPUT_CHANNELS))
+    if channels != list(OUTPUT_CHANNELS):
+        raise ManifestError(
+            f"{path}: output_channels {channels!r}; this runtime reads "
+            f"{list(OUTPUT_CHANNELS)!r}, in that order"
+        )
 
 
 def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:

@@ -38,7 +38,12 @@ def _check_pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndar
             raise ValueError(f"{name} labels must be integers, got {labels.dtype}")
         if labels.size and labels.min() < 0:
             raise ValueError(f"{name} labels must be >= 0 (0 is background)")
-    return true, pred
+    return _as_integers(true), _as_integers(pred)
+
+
+def _as_integers(labels: np.ndarray) -> np.ndarray:
+    """A boolean mask (one instance) as uint8 labels, so it indexes like any label image."""
+    return labels.view(np.uint8) if labels.dtype == bool else labels
 
 
 def _ratio(numerator: float, denominator: float, perfect: bool) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import Backend, load_backend
-from edgeseg.manifest import read_manifest, refuse_rejected
+from edgeseg.manifest import ManifestError, read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import is_maskrcnn, resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
@@ -37,7 +37,11 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
     """The thresholds the model was validated with (manifest ``postprocess``)."""
     spec = manifest.get("postprocess", {})
     known = {field.name for field in fields(PostprocessSettings)}
-    return PostprocessSettings(**{key: value for key, value in spec.items() if key in known})
+    chosen = {key: value for key, value in spec.items() if key in known}
+    for key, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
+    return PostprocessSettings(**chosen)
 
 
 class Segmenter:

@@ -34,6 +34,11 @@ class TileSettings:
     def __post_init__(self) -> None:
         if min(self.size, self.multiple, self.batch_size) < 1 or self.overlap < 0:
             raise ValueError(f"invalid tiling {self}: sizes must be positive, overlap >= 0")
+        if self.overlap >= self.size:
+            raise ValueError(
+                f"tile size {self.size} must be larger than the tile overlap {self.overlap} "
+                "(neighbouring tiles share that many pixels): choose a larger --tile"
+            )
 
     @classmethod
     def from_manifest(

@@ -4,6 +4,7 @@ Keras model they came from; tampered, unverified and mismatched models are refus
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,39 @@ def test_tampered_model_is_refused_before_onnxruntime_sees_it(
     with pytest.raises(ManifestError, match="refusing to load") as error:
         load_backend(onnx_model)
     assert str(onnx_model) in str(error.value)
+
+
+def test_truncated_model_with_a_matching_manifest_is_named(onnx_model: Path) -> None:
+    """An export cut short (a full disk) hashes to its own manifest; the runtime must say so."""
+    onnx_model.write_bytes(onnx_model.read_bytes()[:100])
+    manifest = json.loads(manifest_path(onnx_model).read_text())
+    write_manifest(
+        onnx_model, **{k: v for k, v in manifest.items() if k not in ("sha256", "artifact")}
+    )
+    with pytest.raises(ManifestError, match="onnx cannot load this model") as error:
+        load_backend(onnx_model)
+    assert str(onnx_model) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"preprocess": "luma"}, "preprocess must be JSON objects"),
+        ({"tile": []}, "tile must be JSON objects"),
+        ({"output_channels": ["boundary", "foreground"]}, "output_channels"),
+    ],
+)
+def test_malformed_manifest_sections_are_refused(
+    onnx_model: Path, change: dict, message: str
+) -> None:
+    path = manifest_path(onnx_model)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ManifestError, match=message) as error:
+        load_backend(onnx_model)
+    assert str(path) in str(error.value)
+    path.write_text("[1, 2]")
+    with pytest.raises(ManifestError, match="a manifest is a JSON object, not list"):
+        load_backend(onnx_model)
 
 
 def test_model_without_manifest_is_refused(onnx_model: Path) -> None:

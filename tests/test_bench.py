@@ -196,6 +196,12 @@ def test_discover_reads_run_folders_and_reports_missing_targets(tmp_path: Path) 
     assert "no onnx-int8 artifact" in configs[1].unavailable
 
 
+def test_an_artifacts_folder_without_models_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no exported model"):
+        discover(artifact_paths=[tmp_path / "empty"])
+
+
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--targets", "onnx-fp8"])
     assert result.exit_code == 2 and "onnx-fp8" in result.output

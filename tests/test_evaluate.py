@@ -127,6 +127,17 @@ def test_wrong_prediction_shape_is_named(tmp_path):
     assert f"{truth['s0'].shape}" in result.output and "(10, 10)" in result.output
 
 
+def test_two_label_files_for_one_image_are_refused(tmp_path):
+    truth = _plain_dataset(tmp_path / "data", count=1)
+    _write_predictions(tmp_path / "pred", truth)
+    _write_predictions(tmp_path / "pred", truth, suffix=".png")
+    result = _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert "s0_labels.tif and" in result.output and "s0_labels.png" in result.output
+
+
 def test_help_explains_inputs_and_is_registered():
     result = _run("--help")
     assert result.exit_code == 0

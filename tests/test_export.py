@@ -259,10 +259,16 @@ def test_cli_rejects_int8_calibrated_on_garbage(source: Path, tmp_path: Path) ->
     assert set(manifest["calibration"]["ids"]) == {"b0", "b1", "b2"}
 
 
+def test_cli_refuses_a_tile_no_larger_than_its_overlap(source: Path, tmp_path: Path):
+    result = _export("--model", source, "--target", "onnx-fp32", "--tile", 32, "--out", tmp_path)
+    assert result.exit_code == 2 and "32 is not larger than --overlap 32" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_cli_trt_without_tensorrt_writes_the_onnx_and_says_how(source: Path, tmp_path: Path):
     result = _export(
-        "--model", source, "--target", "trt-fp16", "--tile", TILE, "--out", tmp_path
+        "--model", source, "--target", "trt-fp16", "--tile", TILE, "--overlap", 8, "--out", tmp_path
     )  # fmt: skip
     assert result.exit_code == 3, result.output
     onnx_path = tmp_path / "tiny-trt-fp16.onnx"

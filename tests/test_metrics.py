@@ -368,3 +368,10 @@ def test_property_swapping_truth_and_prediction(pair):
         assert forward[key] == pytest.approx(backward[key], abs=1e-12), key
     assert forward["precision_50"] == pytest.approx(backward["recall_50"], abs=1e-12)
     assert np.array_equal(iou_matrix(true, pred), iou_matrix(pred, true).T)
+
+
+def test_a_boolean_mask_scores_as_one_instance() -> None:
+    truth = np.zeros((8, 8), np.uint16)
+    truth[2:6, 2:6] = 1
+    score = score_image(truth, truth > 0)
+    assert score["pixel_iou"] == 1.0 and score["dsb_score"] == 1.0

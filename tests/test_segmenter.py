@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import edgeseg.models
 from edgeseg.manifest import ManifestError, manifest_path
 from edgeseg.models import ModelNotFoundError, list_models, resolve_model
 from edgeseg.preprocess import preprocess_spec
-from edgeseg.segmenter import load_segmenter
+from edgeseg.segmenter import load_segmenter, postprocess_settings
 
 
 @pytest.fixture
@@ -160,3 +161,12 @@ def test_an_artifact_rejected_at_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="dsb_score dropped too far"):
         load_segmenter(model)
     assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
+
+
+@pytest.mark.parametrize("value", ["8", True, None, [8]])
+def test_manifest_thresholds_must_be_numbers(value: object) -> None:
+    with pytest.raises(
+        ManifestError, match=re.escape(f"postprocess min_area must be a number, got {value!r}")
+    ):
+        postprocess_settings({"postprocess": {"min_area": value, "foreground_threshold": 0.6}})
+    assert postprocess_settings({"postprocess": {"min_area": 9}}).min_area == 9

@@ -75,6 +75,26 @@ def load_backend(
         raise ValueError(f"{artifact}: a {fmt} model cannot run on the {name!r} backend")
     content = read_verified(artifact, manifest)
     threads = threads or default_threads()
+    try:
+        return _runtime(fmt, name, artifact, content, manifest, threads)
+    except (BackendUnavailable, ImportError, OSError, ValueError):
+        raise  # already say what is wrong, in our words
+    except Exception as error:  # a runtime's own error type, e.g. ONNX Runtime's InvalidProtobuf
+        raise ManifestError(
+            f"{artifact}: {name} cannot load this model, although its bytes match the "
+            f"manifest (was it written incompletely at export?): {error}"
+        ) from error
+
+
+def _runtime(
+    fmt: str,
+    name: str,
+    artifact: Path,
+    content: bytes,
+    manifest: Mapping[str, Any],
+    threads: int,
+) -> Backend:
+    """The backend object for a verified artifact of format ``fmt``."""
     if fmt == "onnx":
         from edgeseg.backends.onnx import OnnxBackend
 

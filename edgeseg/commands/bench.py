@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeseg.commands.options import data_root_option, split_option
+from edgeseg.commands.options import THREADS, data_root_option, split_option
 
 
 @click.command("bench")
@@ -41,7 +41,7 @@ from edgeseg.commands.options import data_root_option, split_option
 @click.option(
     "--images", type=click.IntRange(min=1), help="Use this many images of the split [all]."
 )
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference.")
+@click.option("--threads", type=THREADS, help="CPU threads for inference.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -156,6 +156,10 @@ def export(
         targets = resolve_targets(target)
     except KeyError as error:
         raise click.BadParameter(error.args[0], param_hint="--target") from error
+    if overlap >= tile:  # the runtime could not tile with it: refused before any work
+        raise click.BadParameter(
+            f"{tile} is not larger than --overlap {overlap}", param_hint="--tile"
+        )
     try:
         source = resolve_source(model)
         from_keras = converts_from_keras(source)

@@ -24,6 +24,10 @@ split_option = click.option(
 )
 
 
+#: --threads beyond this is a typo, not a machine: thread creation alone would hang the run.
+THREADS = click.IntRange(min=1, max=256)
+
+
 class DiameterType(click.ParamType):
     """A positive number of pixels, or "auto"."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgeseg.backends import BACKENDS
-from edgeseg.commands.options import diameter_option, test_time_flips_option
+from edgeseg.commands.options import THREADS, diameter_option, test_time_flips_option
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
     from edgeseg.maskrcnn_model import MaskRCNNSegmenter
@@ -61,7 +61,7 @@ PARALLEL_IMAGES = 2
 @test_time_flips_option
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=THREADS,
     help="CPU threads for inference [default: every core this process may use, within a "
     "container's CPU quota; ONNX models then run two images "
     "at once, each on half the cores].",
@@ -119,13 +119,15 @@ def segment(
       X_overlay.png   nucleus outlines on the image, with --overlay
       summary.csv     one row per image: nuclei, mean area, median nucleus diameter,
                       status ok/failed/skipped, error, seconds, the --diameter asked
+                      (rows of earlier runs for other images of OUT are kept)
     Names: outputs are named after the image's file name. When several inputs share one
     (a/X.png and b/X.tif), each is named after its path below the inputs' common folder,
     folders joined by "__": a__X, b__X (then the extension is added if still needed).
 
     \b
     Resume: run the same command again after an interruption or a crash: images whose
-    outputs are complete are skipped (summary.csv says "skipped"), the others are done.
+    outputs are complete are skipped (summary.csv says "skipped"), the others are done,
+    and so is an image whose file has changed since (same name, new size or time).
     Results are never replaced without --overwrite, and OUT holding results of another
     model, --channel, --page or --diameter is refused. Bookkeeping lives in OUT/.edgeseg-done/.
 
