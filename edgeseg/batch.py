@@ -210,7 +210,7 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     def by_suffix(index: int) -> str:
         return f"{by_path(index)}_{absolute[index].suffix.lstrip('.').lower()}"
 
-    stems = [path.stem for path in absolute]
+    stems = [_stem(path) for path in absolute]
     for rename in (by_path, by_suffix):
         counts = Counter(stem.casefold() for stem in stems)
         stems = [rename(i) if counts[s.casefold()] > 1 else s for i, s in enumerate(stems)]
@@ -224,6 +224,12 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
         used.add(candidate.casefold())
         unique.append(candidate)
     return unique
+
+
+def _stem(path: Path) -> str:
+    """The file name without its extension, ".ome.tif" counting as one (OME-TIFF)."""
+    stem = path.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
 
 
 def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:

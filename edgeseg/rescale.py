@@ -57,11 +57,12 @@ def diameter_scale(manifest: Mapping[str, Any], diameter: float) -> float:
     Refuses a non-positive diameter, and a model whose manifest records no diameter (made
     before edgeseg measured it): guessing the training size would silently misscale.
     """
-    if not (math.isfinite(diameter) and diameter > 0):
+    scale = required_diameter(manifest) / diameter if diameter > 0 else math.inf
+    if not (math.isfinite(diameter) and math.isfinite(scale) and diameter > 0):
         raise ValueError(
             f"the nucleus diameter must be a positive number of pixels, got {diameter}"
         )
-    return required_diameter(manifest) / diameter
+    return scale
 
 
 def required_diameter(manifest: Mapping[str, Any]) -> float:

@@ -78,6 +78,7 @@ def test_stems_unique_names_kept_and_clashes_use_relative_path(tmp_path: Path) -
         tmp_path / "b" / "Z.png",
     ]
     assert output_stems(paths) == ["a__X", "b__sub__X", "a__Y_png", "a__Y_tif", "a__z", "b__Z"]
+    assert output_stems([tmp_path / "scan.ome.tif", tmp_path / ".ome.tif"]) == ["scan", ".ome"]
     assert output_stems([tmp_path / "one" / "X.png"]) == ["X"]
 
 

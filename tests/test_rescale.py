@@ -104,7 +104,7 @@ def test_a_model_without_a_recorded_diameter_is_refused_by_name() -> None:
     assert segmenter.segment(np.zeros((64, 64), np.uint8)).max() == 0  # without: as before
 
 
-@pytest.mark.parametrize("diameter", [0.0, -5.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("diameter", [0.0, -5.0, float("nan"), float("inf"), 1e-320])
 def test_non_positive_diameters_are_refused(diameter: float) -> None:
     with pytest.raises(ValueError, match="positive number of pixels"):
         _segmenter().segment(np.zeros((64, 64), np.uint8), diameter=diameter)
