@@ -469,7 +469,9 @@ def run_batch(
             if work.image is not None:
                 started = time.perf_counter()
                 try:
-                    work.postprocess = segmenter.infer(work.image, diameter=settings.diameter)
+                    work.postprocess = segmenter.infer(
+                        work.image, settings.diameter, settings.max_megapixels
+                    )
                 except Exception as error:  # one image the model cannot take fails alone
                     work.error, work.image = _describe(error), None
                 work.seconds += time.perf_counter() - started

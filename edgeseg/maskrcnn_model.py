@@ -38,7 +38,7 @@ from edgeseg.backends.base import (
 from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
 from edgeseg.preprocess import normalize, preprocessing
-from edgeseg.rescale import Diameter, segment_at_diameter
+from edgeseg.rescale import MAX_MEGAPIXELS, Diameter, segment_at_diameter
 
 KIND = "maskrcnn"
 MANIFEST_NAME = "maskrcnn.json"
@@ -271,19 +271,34 @@ class MaskRCNNSegmenter:
         self.model = MaskRCNN(config, graphs.stage1, graphs.box_head, graphs.mask_head)
         self.stained_channel = preprocessing(manifest)
 
-    def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
-        """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels; ``diameter`` as
-        in `edgeseg.segmenter.Segmenter.segment`."""
+    def segment(
+        self,
+        image: np.ndarray,
+        diameter: Diameter = None,
+        max_megapixels: float = MAX_MEGAPIXELS,
+    ) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels; ``diameter`` and
+        ``max_megapixels`` as in `edgeseg.segmenter.Segmenter.segment`."""
         if diameter is not None:
             return segment_at_diameter(
-                self.segment, image, diameter, self.manifest, self.model.config.min_area
+                self.segment,
+                image,
+                diameter,
+                self.manifest,
+                self.model.config.min_area,
+                max_megapixels,
             )
         return self.model.segment(normalize(image, self.stained_channel))
 
-    def infer(self, image: np.ndarray, diameter: Diameter = None) -> Callable[[], np.ndarray]:
+    def infer(
+        self,
+        image: np.ndarray,
+        diameter: Diameter = None,
+        max_megapixels: float = MAX_MEGAPIXELS,
+    ) -> Callable[[], np.ndarray]:
         """``segment`` in the two-step form edgeseg.batch expects; here all work is done now
         (box and mask heads are inference too)."""
-        labels = self.segment(image, diameter)
+        labels = self.segment(image, diameter, max_megapixels)
         return lambda: labels
 
 

@@ -30,7 +30,8 @@ from edgeseg.postprocess import relabel_sequential
 TOLERANCE = 0.05
 #: A rescaled image smaller than this on a side has nothing left to segment.
 MIN_SIDE = 16
-#: Enlarging past this is refused (inference needs about 60 bytes per pixel).
+#: Enlarging past this is refused unless told otherwise (inference needs about 60 bytes per
+#: pixel); `edgeseg segment --max-megapixels` sets it for reading and rescaling alike.
 MAX_MEGAPIXELS = DEFAULT_MAX_MEGAPIXELS
 #: ``diameter="auto"`` re-segments when the first pass's median nucleus is this many times
 #: the model's; chosen on the validation split and on it magnified 3x (training/README.md).
@@ -116,12 +117,14 @@ def segment_at_diameter(
     diameter: float | Literal["auto"],
     manifest: Mapping[str, Any],
     min_area: int,
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> np.ndarray:
     """Labels of ``image`` (raw, (H, W) or (H, W, C)) whose nuclei are ``diameter`` px across.
 
     ``segment`` segments at the model's own scale; its labels are brought back with
     nearest-neighbour resizing to exactly (H, W), then renumbered 1..N with instances under
-    ``min_area`` pixels (slivers of the resize) dropped. AUTO: see the module docstring.
+    ``min_area`` pixels (slivers of the resize) dropped. The rescaled image may not exceed
+    ``max_megapixels`` (nor the image's own size, if larger). AUTO: see the module docstring.
     """
     if diameter == AUTO:
         model = required_diameter(manifest)
@@ -129,7 +132,7 @@ def segment_at_diameter(
         found = median_diameter(labels)
         if found is None or found <= AUTO_RATIO * model:
             return labels
-        if _size_problem(_scaled_size(image, model / found), image) is not None:
+        if _size_problem(_scaled_size(image, model / found), image, max_megapixels):
             return labels  # e.g. a strip too thin to shrink: keep the first pass, never fail
         diameter = found
     scale = diameter_scale(manifest, diameter)
@@ -137,7 +140,7 @@ def segment_at_diameter(
         return segment(image)
     height, width = image.shape[:2]
     size = _scaled_size(image, scale)
-    if (problem := _size_problem(size, image)) is not None:
+    if (problem := _size_problem(size, image, max_megapixels)) is not None:
         raise ValueError(
             f"nuclei {diameter:g} px across need this {width}x{height} image rescaled "
             f"x{scale:.3g} to {size[0]}x{size[1]}, {problem}: check the diameter (pixels of "
@@ -162,11 +165,11 @@ def _scaled_size(image: np.ndarray, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _size_problem(size: tuple[int, int], image: np.ndarray) -> str | None:
+def _size_problem(size: tuple[int, int], image: np.ndarray, max_megapixels: float) -> str | None:
     """Why ``image`` cannot be segmented at ``size``: too small to hold a nucleus, or too
     large to fit in memory; None when it can."""
     if min(size) < MIN_SIDE:
         return f"smaller than {MIN_SIDE} pixels a side"
-    if math.prod(size) > max(MAX_MEGAPIXELS * 1e6, math.prod(image.shape[:2])):
-        return f"more than {MAX_MEGAPIXELS:g} megapixels"
+    if math.prod(size) > max(max_megapixels * 1e6, math.prod(image.shape[:2])):
+        return f"more than {max_megapixels:g} megapixels (--max-megapixels)"
     return None

@@ -28,7 +28,7 @@ from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import is_maskrcnn, resolve_model
 from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
 from edgeseg.preprocess import normalize, preprocessing
-from edgeseg.rescale import Diameter, segment_at_diameter
+from edgeseg.rescale import MAX_MEGAPIXELS, Diameter, segment_at_diameter
 from edgeseg.test_time_flips import predict_flip_averaged
 from edgeseg.tiling import TileSettings, predict_tiled
 
@@ -68,16 +68,27 @@ class Segmenter:
         predict = predict_flip_averaged if self.test_time_flips else predict_tiled
         return predict(self.backend, normalize(image, self.stained_channel), self.tiles)
 
-    def segment(self, image: np.ndarray, diameter: Diameter = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        diameter: Diameter = None,
+        max_megapixels: float = MAX_MEGAPIXELS,
+    ) -> np.ndarray:
         """Raw image (H, W) or (H, W, C) -> uint16 (H, W) instance labels.
 
         ``diameter``: typical nucleus diameter in ``image``, in pixels, when it differs from
         the training data's (the manifest's ``nucleus_diameter``); "auto" measures it from a
-        first pass (edgeseg.rescale); None segments as is.
+        first pass (edgeseg.rescale); None segments as is. ``max_megapixels`` bounds the
+        image once rescaled.
         """
-        return self.infer(image, diameter)()
+        return self.infer(image, diameter, max_megapixels)()
 
-    def infer(self, image: np.ndarray, diameter: Diameter = None) -> Callable[[], np.ndarray]:
+    def infer(
+        self,
+        image: np.ndarray,
+        diameter: Diameter = None,
+        max_megapixels: float = MAX_MEGAPIXELS,
+    ) -> Callable[[], np.ndarray]:
         """Run the network now; the returned call post-processes into ``segment``'s labels.
 
         Split so a batch pipeline can post-process one image on another thread while the
@@ -85,7 +96,12 @@ class Segmenter:
         """
         if diameter is not None:
             labels = segment_at_diameter(
-                self.segment, image, diameter, self.manifest, self.settings.min_area
+                self.segment,
+                image,
+                diameter,
+                self.manifest,
+                self.settings.min_area,
+                max_megapixels,
             )
             return lambda: labels
         probabilities = self.predict_probabilities(image)

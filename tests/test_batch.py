@@ -40,7 +40,9 @@ class ThresholdSegmenter:
         self.calls = 0
         self.diameters: list[float | None] = []
 
-    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
+    def segment(
+        self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+    ) -> np.ndarray:
         self.calls += 1
         self.diameters.append(diameter)
         time.sleep(self.delay)
@@ -48,7 +50,9 @@ class ThresholdSegmenter:
         _, labels = cv2.connectedComponents((gray > 100).astype(np.uint8))
         return labels.astype(np.uint16)
 
-    def infer(self, image: np.ndarray, diameter: float | None = None):
+    def infer(
+        self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+    ):
         labels = self.segment(image, diameter)
         return lambda: labels
 
@@ -136,7 +140,9 @@ def test_a_post_processing_failure_fails_its_image_alone(tmp_path: Path) -> None
     """Post-processing runs on the writer thread: its errors must stay per image too."""
 
     class FailsSecond(ThresholdSegmenter):
-        def infer(self, image: np.ndarray, diameter: float | None = None):
+        def infer(
+            self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+        ):
             if self.calls == 1:
                 self.calls += 1
                 return lambda: np.array(1 / 0)
@@ -335,7 +341,9 @@ def test_parallel_inference_workers_give_the_same_results(tmp_path: Path) -> Non
             super().__init__()
             self.lock, self.running, self.peak = threading.Lock(), 0, 0
 
-        def infer(self, image: np.ndarray, diameter: float | None = None):
+        def infer(
+            self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+        ):
             with self.lock:
                 self.running += 1
                 self.peak = max(self.peak, self.running)

@@ -121,6 +121,13 @@ def test_absurd_scales_are_refused_before_inference(diameter: float, problem: st
     assert segmenter.backend.shapes == []
 
 
+def test_the_users_megapixel_limit_bounds_the_rescaled_image() -> None:
+    segmenter, image = _segmenter(), np.zeros((100, 100), np.uint8)
+    with pytest.raises(ValueError, match=r"more than 0.02 megapixels \(--max-megapixels\)"):
+        segmenter.segment(image, diameter=MODEL_DIAMETER / 2, max_megapixels=0.02)
+    assert segmenter.segment(image, MODEL_DIAMETER / 2, max_megapixels=0.05).shape == (100, 100)
+
+
 def test_auto_re_segments_only_nuclei_far_bigger_than_the_models() -> None:
     from edgeseg.rescale import AUTO_RATIO, median_diameter
 

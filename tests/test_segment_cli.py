@@ -359,9 +359,9 @@ SLOW_RUN = """
 import sys, time
 import edgeseg.segmenter as s
 infer = s.Segmenter.infer
-def slow(self, image, diameter=None):
+def slow(self, *args):
     time.sleep(0.25)
-    return infer(self, image, diameter)
+    return infer(self, *args)
 s.Segmenter.infer = slow
 from edgeseg.cli import main
 main(sys.argv[1:])

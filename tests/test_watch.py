@@ -45,11 +45,15 @@ class Recording:
         self.manifest = self.inner.manifest
         self.seen: list[np.ndarray] = []
 
-    def segment(self, image: np.ndarray, diameter: float | None = None) -> np.ndarray:
+    def segment(
+        self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+    ) -> np.ndarray:
         self.seen.append(image.copy())
         return self.inner.segment(image, diameter)
 
-    def infer(self, image: np.ndarray, diameter: float | None = None):
+    def infer(
+        self, image: np.ndarray, diameter: float | None = None, max_megapixels: float = 100.0
+    ):
         labels = self.segment(image, diameter)
         return lambda: labels
 
@@ -182,9 +186,9 @@ SLOW_WATCH = """
 import sys, time
 import edgeseg.segmenter as s
 infer = s.Segmenter.infer
-def slow(self, image, diameter=None):
+def slow(self, *args):
     time.sleep(0.3)
-    return infer(self, image, diameter)
+    return infer(self, *args)
 s.Segmenter.infer = slow
 from edgeseg.cli import main
 main(sys.argv[1:])
