@@ -84,7 +84,8 @@ PARALLEL_IMAGES = 2
 @click.option(
     "--max-megapixels",
     type=click.FloatRange(min=0, min_open=True),
-    help="Refuse larger images (they need about 60 bytes of memory per pixel) [default: 100].",
+    help="Refuse larger images, as read or as rescaled by --diameter (they need about 60 "
+    "bytes of memory per pixel) [default: 100].",
 )
 def segment(
     inputs: tuple[Path, ...],
