@@ -91,16 +91,15 @@ class BatchSettings:
         return {kind: self.output / name for kind, name in names.items()}
 
     def stale_outputs(self, stem: str) -> list[Path]:
-        """Outputs of ``stem`` an earlier run may have left that this one does not write.
-
-        Labels in the other format always (two label files for one image, and `edgeseg eval`
-        would score either); with --overwrite an overlay not asked for now too (it shows the
-        results being replaced).
-        """
+        """With --overwrite, the outputs of ``stem`` an earlier run left that this one does
+        not write (labels in the other format, an overlay not asked for now): they show the
+        results being replaced. Without it nothing is removed; `edgeseg eval` refuses two
+        label files for one image rather than guess."""
+        if not self.overwrite:
+            return []
         kept = self.outputs(stem).values()
         candidates = [self.output / f"{stem}_labels.{suffix}" for suffix in LABEL_FORMATS]
-        if self.overwrite:
-            candidates.append(self.output / f"{stem}_overlay.png")
+        candidates.append(self.output / f"{stem}_overlay.png")
         return [path for path in candidates if path not in kept]
 
     def marker(self, stem: str) -> Path:
@@ -161,7 +160,7 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
         for path in candidates:
             # Not resolve(): links (git-annex, DataLad, symlink farms) are files in their own
             # right, named as the user named them, even when two share one target.
-            found.setdefault(_absolute(path), path)
+            found.setdefault(absolute_path(path), path)
     if not found:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
         raise BatchError(
@@ -172,22 +171,32 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     return [ImageJob(i, sources[i], stems[i]) for i in range(len(sources))]
 
 
-def _absolute(path: Path) -> Path:
+def absolute_path(path: Path) -> Path:
     """``path`` made absolute and ``..``-free without following symbolic links."""
     return Path(os.path.abspath(path))
 
 
 def walk_images(folder: Path) -> Iterable[Path]:
     """Image files below ``folder`` in a stable order; hidden files and folders are skipped,
-    and so are edgeseg's own output folders (a results folder kept beside the images)."""
+    and so are edgeseg's own outputs (a results folder kept beside the images)."""
     for root, dirs, files in os.walk(folder):
-        if (Path(root) / DONE_DIR).is_dir():
-            dirs[:] = []
-            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        produced = outputs_recorded(Path(root))
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if (
+                not name.startswith(".")
+                and Path(name).suffix.lower() in IMAGE_SUFFIXES
+                and name not in produced
+            ):
                 yield Path(root) / name
+
+
+def outputs_recorded(folder: Path) -> set[str]:
+    """Names edgeseg's outputs in ``folder`` may have, for every image its done-markers name
+    (any label format or overlay an earlier run of it wrote)."""
+    stems = (marker.stem for marker in (folder / DONE_DIR).glob("*.json"))
+    suffixes = (*(f"_labels.{suffix}" for suffix in LABEL_FORMATS), "_overlay.png")
+    return {f"{stem}{suffix}" for stem in stems for suffix in suffixes}
 
 
 def output_stems(sources: Sequence[Path]) -> list[str]:
@@ -197,7 +206,7 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     path relative to the inputs' common folder joined by "__" (``plate1/A01.tif`` ->
     ``plate1__A01``); if that still clashes the suffix is added (``A01_tif``), then a number.
     """
-    absolute = [_absolute(source) for source in sources]
+    absolute = [absolute_path(source) for source in sources]
     try:
         root: Path | None = Path(os.path.commonpath([path.parent for path in absolute]))
     except ValueError:  # inputs on different Windows drives share no folder
@@ -210,7 +219,7 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     def by_suffix(index: int) -> str:
         return f"{by_path(index)}_{absolute[index].suffix.lstrip('.').lower()}"
 
-    stems = [_stem(path) for path in absolute]
+    stems = [stem_of(path) for path in absolute]
     for rename in (by_path, by_suffix):
         counts = Counter(stem.casefold() for stem in stems)
         stems = [rename(i) if counts[s.casefold()] > 1 else s for i, s in enumerate(stems)]
@@ -226,7 +235,7 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     return unique
 
 
-def _stem(path: Path) -> str:
+def stem_of(path: Path) -> str:
     """The file name without its extension, ".ome.tif" counting as one (OME-TIFF)."""
     stem = path.stem
     return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
@@ -318,9 +327,14 @@ def source_stamp(path: Path) -> dict[str, int] | None:
 
 
 def _other_source(marker: Mapping[str, Any], job: ImageJob) -> str | None:
-    """Why the marker's results were not made from ``job``'s file, or None."""
-    if marker.get("source") != str(job.source.resolve()):
-        return f"made from {marker.get('source')}, not {job.source.resolve()}"
+    """Why the marker's results were not made from ``job``'s file, or None.
+
+    Markers name the file as given, made absolute (a link by its own path: re-pointing it
+    is a change of content, caught by the stamp); older ones named its resolved path.
+    """
+    here = {str(absolute_path(job.source)), str(job.source.resolve())}
+    if marker.get("source") not in here:
+        return f"made from {marker.get('source')}, not {absolute_path(job.source)}"
     return None
 
 
@@ -366,6 +380,12 @@ class _Work:
 _END = object()
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C again while an interrupted batch was finishing its images in flight: it stopped
+    at once, with summary.csv written and those images left undone (nothing half-written),
+    but their inference may still be running in native code."""
+
+
 class _Stage(threading.Thread):
     """A pipeline thread that keeps its exception for the main thread to re-raise."""
 
@@ -373,12 +393,24 @@ class _Stage(threading.Thread):
         super().__init__(name=name, daemon=True)
         self._work = target
         self.error: BaseException | None = None
+        self.finished = threading.Event()
 
     def run(self) -> None:
         try:
             self._work()
         except BaseException as error:  # re-raised by run_batch in the main thread
             self.error = error
+        finally:
+            self.finished.set()
+
+    def running(self) -> bool:
+        return not self.finished.is_set()
+
+    def wait(self) -> None:
+        """Block until the stage has finished. Not ``join()``: before Python 3.13 a Ctrl-C
+        inside ``join()`` can leave the thread marked finished while it still runs."""
+        while not self.finished.wait(0.2):
+            pass
 
 
 def _put(channel: queue.Queue, item: object, alive: Callable[[], bool]) -> bool:
@@ -475,7 +507,7 @@ def run_batch(
                 except Exception as error:  # one image the model cannot take fails alone
                     work.error, work.image = _describe(error), None
                 work.seconds += time.perf_counter() - started
-            if not _put(segmented, work, writer.is_alive):
+            if not _put(segmented, work, writer.running):
                 stop.set()  # the writer is gone: wind every stage down
                 return
         _put(decoded, _END, running)  # the end of the input, for the other workers too
@@ -485,35 +517,25 @@ def run_batch(
     for stage in (reader, writer, *workers):
         stage.start()
 
-    def wind_down() -> None:
-        for worker in workers:
-            worker.join()  # each finishes the image it holds
-        _put(segmented, _END, writer.is_alive)
-        writer.join()
-        reader.join()
-        write_summary(settings, results, earlier)
-
     try:
         for worker in workers:
-            worker.join()
+            worker.wait()
     finally:
         stop.set()  # on Ctrl-C: read no more, but write what is already segmented
-        _despite_interrupts(wind_down)
+        try:
+            for worker in workers:
+                worker.wait()  # each finishes the image it holds
+            _put(segmented, _END, writer.running)
+            writer.wait()
+            reader.wait()
+        except KeyboardInterrupt:  # pressed again: stop now, keeping the table of what is done
+            write_summary(settings, results, earlier)
+            raise BatchInterrupted from None
+        write_summary(settings, results, earlier)
     for stage in (reader, writer, *workers):
         if stage.error is not None:
             raise stage.error
     return results
-
-
-def _despite_interrupts(action: Callable[[], None]) -> None:
-    """Run ``action`` to its end even through further Ctrl-C presses: leaving now would lose
-    the summary and kill inference threads inside native code (a hard abort)."""
-    while True:
-        try:
-            action()
-            return
-        except KeyboardInterrupt:
-            continue  # ``action`` is safe to start over: joins, one more end mark, a rewrite
 
 
 def _read(job: ImageJob, settings: BatchSettings) -> _Work:
@@ -540,17 +562,8 @@ def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]
             return ImageResult(work.job, "ok", *counts, seconds=seconds)
         except Exception as failure:  # e.g. disk full, or labels past uint16: report, go on
             error = _describe(failure)
-    if settings.overwrite:  # what is left was made otherwise: replaced by nothing, not kept
-        _discard_results(work.job.stem, settings)
     seconds = work.seconds + time.perf_counter() - started
     return ImageResult(work.job, "failed", error=error, seconds=seconds)
-
-
-def _discard_results(stem: str, settings: BatchSettings) -> None:
-    """Remove the done-marker and every output of ``stem``."""
-    settings.marker(stem).unlink(missing_ok=True)
-    for path in [*settings.outputs(stem).values(), *settings.stale_outputs(stem)]:
-        path.unlink(missing_ok=True)
 
 
 def _write_outputs(
@@ -577,7 +590,7 @@ def _write_outputs(
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
     diameter = median_diameter(labels)
     record = {
-        "source": str(job.source.resolve()),
+        "source": str(absolute_path(job.source)),
         "source_stamp": work.stamp,
         "settings": dict(fingerprint),
         "outputs": sorted(path.name for path in paths.values()),
@@ -591,21 +604,25 @@ def _write_outputs(
 
 
 def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict[str, str]]:
-    """Rows of OUT's summary.csv for images other than ``jobs``' whose results are still there
-    (done-marker present) or which failed: a run on a few images must not hide the others."""
+    """Rows of OUT's summary.csv for images other than ``jobs``' (by name and by file) whose
+    results are still there (done-marker present), or which failed and whose file is still
+    there: a run on a few images must not hide the others."""
+    jobs = list(jobs)
     stems = {job.stem for job in jobs}
+    files = {absolute_path(job.source) for job in jobs}
     try:
         with open(settings.output / SUMMARY_NAME, newline="") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, ValueError):  # no summary yet, or not ours: nothing to keep
         return []
-    return [
-        row
-        for row in rows
-        if (stem := row.get("output_stem"))
-        and stem not in stems
-        and (row.get("status") == "failed" or settings.marker(stem).is_file())
-    ]
+
+    def still_there(row: dict[str, str]) -> bool:
+        stem, file = row.get("output_stem") or "", Path(row.get("file") or "")
+        if not stem or stem in stems or absolute_path(file) in files:
+            return False
+        return settings.marker(stem).is_file() or (row.get("status") == "failed" and file.is_file())
+
+    return [row for row in rows if still_there(row)]
 
 
 def write_summary(

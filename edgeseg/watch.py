@@ -31,10 +31,14 @@ from edgeseg.batch import (
     BatchSettings,
     ImageJob,
     ImageResult,
+    absolute_path,
     check_output_folder,
+    earlier_rows,
     plan_batch,
     read_marker,
     run_batch,
+    source_stamp,
+    stem_of,
     walk_images,
     write_summary,
 )
@@ -42,7 +46,7 @@ from edgeseg.imageio import read_plane
 
 PATIENCE_S = 60.0  # how long a complete-looking file may stay undecodable before it fails
 
-Signature = tuple[int, int]  # (size, mtime_ns)
+Signature = dict[str, int]  # batch.source_stamp: size and mtime_ns
 
 
 @dataclass
@@ -53,14 +57,6 @@ class _Tracked:
     signature: Signature
     since: float  # time.monotonic() when this signature was first seen
     failed: bool = False  # failed with this signature: retried only once the file changes
-
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        stat = path.stat()
-    except OSError:  # removed or renamed since the folder was listed
-        return None
-    return stat.st_size, stat.st_mtime_ns
 
 
 class FolderWatcher:
@@ -84,11 +80,13 @@ class FolderWatcher:
         self.settings = settings
         self.settle = settle
         self.patience = patience
-        self._jobs: dict[Path, ImageJob] = {}  # resolved source -> its job, stem fixed for good
-        self._stems: dict[Path, str] = {}  # resolved source -> stem, from the done-markers
+        # Files are keyed by batch.absolute_path: a link is a file of its own, as in segment.
+        self._jobs: dict[Path, ImageJob] = {}  # source -> its job, stem fixed for good
+        self._stems: dict[Path, str] = {}  # source -> stem, from the done-markers
         self._taken: set[str] = set()  # casefolded stems in use
         self._results: dict[int, ImageResult] = {}  # job index -> latest result
-        self._done: set[Path] = set()  # resolved sources with complete results
+        #: sources with complete results -> the file's stamp then (None: unknown)
+        self._done: dict[Path, Signature | None] = {}
         self._tracked: dict[Path, _Tracked] = {}
         self._resume()
 
@@ -108,8 +106,8 @@ class FolderWatcher:
                 self._stems[Path(record["source"])] = marker.stem
                 self._taken.add(marker.stem.casefold())
         present = [self._job(path) for path in walk_images(self.folder)]
-        resolved = {job.source.resolve() for job in present}
-        for source in sorted(self._stems.keys() - resolved):  # images no longer here
+        here = {absolute_path(job.source) for job in present}
+        for source in sorted(self._stems.keys() - here):  # images no longer here
             try:
                 plan = plan_batch([self._job(source)], self.settings, self.segmenter.manifest)
             except BatchError:
@@ -119,24 +117,26 @@ class FolderWatcher:
         self._record(plan.skipped)
         now = time.monotonic()
         for job in plan.todo:
-            signature = _signature(job.source)
+            signature = source_stamp(job.source)
             if signature is not None:
-                self._tracked[job.source.resolve()] = _Tracked(job, signature, now)
-        write_summary(self.settings, self.results)
+                self._tracked[absolute_path(job.source)] = _Tracked(job, signature, now)
+        jobs = [result.job for result in self.results]
+        write_summary(self.settings, self.results, earlier_rows(self.settings, jobs))
 
     def _job(self, path: Path) -> ImageJob:
-        resolved = path.resolve()
-        if resolved not in self._jobs:
-            stem = self._stems.get(resolved) or self._free_stem(path)
+        key = absolute_path(path)
+        if key not in self._jobs:
+            # Markers before links were files of their own named the resolved path.
+            stem = self._stems.get(key) or self._stems.get(path.resolve()) or self._free_stem(path)
             self._taken.add(stem.casefold())
-            self._jobs[resolved] = ImageJob(len(self._jobs), path, stem)
-        return self._jobs[resolved]
+            self._jobs[key] = ImageJob(len(self._jobs), path, stem)
+        return self._jobs[key]
 
     def _free_stem(self, path: Path) -> str:
         """The file's stem, else its path below the folder ("plate2__A01"), else numbered."""
         by_path = "__".join(path.relative_to(self.folder).with_suffix("").parts)
         by_suffix = f"{by_path}_{path.suffix.lstrip('.').lower()}"
-        for candidate in (path.stem, by_path, by_suffix):
+        for candidate in (stem_of(path), by_path, by_suffix):
             if candidate.casefold() not in self._taken:
                 return candidate
         number = 2
@@ -147,33 +147,37 @@ class FolderWatcher:
     def _record(self, results: list[ImageResult]) -> None:
         for result in results:
             self._results[result.job.index] = result
-            resolved = result.job.source.resolve()
+            key = absolute_path(result.job.source)
             if result.status == "failed":
-                if resolved in self._tracked:
-                    self._tracked[resolved].failed = True
+                if key in self._tracked:
+                    self._tracked[key].failed = True
             else:
-                self._done.add(resolved)
-                self._tracked.pop(resolved, None)
+                tracked = self._tracked.pop(key, None)
+                self._done[key] = tracked.signature if tracked else source_stamp(key)
 
     def poll(self) -> list[ImageJob]:
         """List the folder once; return the jobs whose files are complete now."""
         now = time.monotonic()
         ready, present = [], set()
         for path in walk_images(self.folder):
-            resolved = path.resolve()
-            signature = None if resolved in self._done else _signature(path)
+            key = absolute_path(path)
+            signature = source_stamp(path)
             if signature is None:
-                continue
-            present.add(resolved)
-            tracked = self._tracked.get(resolved)
+                continue  # removed or renamed since the folder was listed
+            if key in self._done:
+                if self._done[key] in (None, signature):
+                    continue
+                del self._done[key]  # replaced under its name since it was done: do it again
+            present.add(key)
+            tracked = self._tracked.get(key)
             if tracked is None:
-                self._tracked[resolved] = _Tracked(self._job(path), signature, now)
+                self._tracked[key] = _Tracked(self._job(path), signature, now)
             elif signature != tracked.signature:
                 tracked.signature, tracked.since, tracked.failed = signature, now, False
             elif not tracked.failed and self._complete(path, now - tracked.since):
                 ready.append(tracked.job)
-        for resolved in self._tracked.keys() - present:
-            del self._tracked[resolved]  # removed before it was done
+        for key in self._tracked.keys() - present:
+            del self._tracked[key]  # removed before it was done
         return ready
 
     def _complete(self, path: Path, unchanged_for: float) -> bool:

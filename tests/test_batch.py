@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -204,55 +206,68 @@ def test_a_file_replaced_under_its_name_is_done_again(tmp_path: Path) -> None:
     assert rows[1]["status"] == "skipped"
 
 
-def test_symbolic_links_are_named_and_kept_as_the_user_named_them(tmp_path: Path) -> None:
-    """git-annex and DataLad folders hold links, several of them to one content file."""
-    target = _write_images(tmp_path / "store", 1)[0]
+def test_symbolic_links_are_files_of_their_own(tmp_path: Path) -> None:
+    """git-annex and DataLad folders hold links, several of them to one content file; a
+    link re-pointed to new content is a changed file, done again."""
+    store = _write_images(tmp_path / "store", 2)
     plate = tmp_path / "plate"
     plate.mkdir()
     for name in ("A01_control.png", "A02_control.png"):
-        (plate / name).symlink_to(target)
+        (plate / name).symlink_to(store[0])
     jobs = discover_images([plate, plate / "A01_control.png"])
     assert [job.stem for job in jobs] == ["A01_control", "A02_control"]
+    settings = BatchSettings(output=tmp_path / "out")
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    os.utime(store[1], ns=(1, 1))  # another size and time than store[0]
+    (plate / "A02_control.png").unlink()
+    (plate / "A02_control.png").symlink_to(store[1])
+    assert [job.stem for job in plan_batch(jobs, settings, MANIFEST).todo] == ["A02_control"]
 
 
-def test_results_folders_inside_an_input_folder_are_not_read_as_images(tmp_path: Path) -> None:
+def test_edgeseg_outputs_among_images_are_not_read_as_images(tmp_path: Path) -> None:
     images = _write_images(tmp_path / "in", 2)
-    settings = BatchSettings(output=tmp_path / "in" / "results")  # made from files, allowed
+    for label_format in ("tif", "png"):  # a results folder made from files, kept beside them
+        settings = BatchSettings(tmp_path / "in" / "results", label_format=label_format)
+        run_batch(
+            ThresholdSegmenter(), plan_batch(discover_images(images), settings, MANIFEST), settings
+        )
+    assert [job.stem for job in discover_images([tmp_path / "in"])] == ["img00", "img01"]
+    # Results written into another folder of raw images hide none of its images.
+    plate = _write_images(tmp_path / "plate", 2)
+    settings = BatchSettings(output=tmp_path / "plate")
     run_batch(
         ThresholdSegmenter(), plan_batch(discover_images(images), settings, MANIFEST), settings
     )
-    settings_png = BatchSettings(output=tmp_path / "in" / "results", label_format="png")
-    run_batch(
-        ThresholdSegmenter(),
-        plan_batch(discover_images(images), settings_png, MANIFEST),
-        settings_png,
-    )
-    assert [job.stem for job in discover_images([tmp_path / "in"])] == ["img00", "img01"]
+    assert [job.source for job in discover_images([tmp_path / "plate"])] == plate
 
 
-def test_other_format_labels_are_replaced_not_left_beside(tmp_path: Path) -> None:
+def test_other_format_labels_are_kept_unless_overwriting(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 1)
     jobs = discover_images([tmp_path / "in"])
     for label_format in ("tif", "png"):
         settings = BatchSettings(output=tmp_path / "out", label_format=label_format)
         run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
-    assert sorted(path.name for path in (tmp_path / "out").glob("img00_labels.*")) == [
-        "img00_labels.png"
-    ]
+    labels = sorted(path.name for path in (tmp_path / "out").glob("img00_labels.*"))
+    assert labels == ["img00_labels.png", "img00_labels.tif"]
+    settings = BatchSettings(output=tmp_path / "out", label_format="tif", overwrite=True)
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    labels = sorted(path.name for path in (tmp_path / "out").glob("img00_labels.*"))
+    assert labels == ["img00_labels.tif"]
 
 
-def test_overwrite_leaves_nothing_of_the_old_results_of_a_failed_image(tmp_path: Path) -> None:
+def test_overwrite_that_fails_keeps_the_earlier_results(tmp_path: Path) -> None:
+    """A mistyped option can fail every image: nothing already written may be lost."""
     paths = _write_images(tmp_path / "in", 2)
     jobs = discover_images([tmp_path / "in"])
     first = BatchSettings(output=tmp_path / "out", overlay=True)
     run_batch(ThresholdSegmenter(), plan_batch(jobs, first, MANIFEST), first)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").glob("img00*")}
     paths[0].write_bytes(b"now unreadable")
     again = BatchSettings(output=tmp_path / "out", overwrite=True, diameter=30.0)
     results = run_batch(ThresholdSegmenter(), plan_batch(jobs, again, MANIFEST), again)
     assert [result.status for result in results] == ["failed", "ok"]
-    assert sorted(path.name for path in (tmp_path / "out").glob("img00*")) == []
-    assert not again.marker("img00").exists()
-    assert not (tmp_path / "out" / "img01_overlay.png").exists()  # not asked for this time
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").glob("img00*")} == before
+    assert not (tmp_path / "out" / "img01_overlay.png").exists()  # replaced, not asked for
 
 
 def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> None:
@@ -270,18 +285,56 @@ def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> Non
         ("broken", "failed"),
         ("img01", "ok"),
     ]
+    # The same file under another name (a stem given when names clashed) is one row.
+    renamed = [batch.ImageJob(0, paths[1], "in__img01")]
+    run_batch(ThresholdSegmenter(), plan_batch(renamed, settings, MANIFEST), settings)
+    assert [row["output_stem"] for row in _summary(settings.output)] == [
+        "in__img01",
+        "img00",
+        "broken",
+    ]
 
 
-def test_a_second_interrupt_still_lets_the_run_wind_down() -> None:
-    calls: list[int] = []
+class _InterruptedSegmenter(ThresholdSegmenter):
+    """Ctrl-C arrives (``count`` SIGINTs, 0.5 s apart) while the first image is in inference."""
 
-    def wind_down() -> None:
-        calls.append(1)
-        if len(calls) < 3:
-            raise KeyboardInterrupt  # Ctrl-C pressed again while winding down
+    def __init__(self, count: int) -> None:
+        super().__init__(delay=2.5)
+        self.count = count
 
-    batch._despite_interrupts(wind_down)
-    assert len(calls) == 3
+    def segment(self, image: np.ndarray, *args: object) -> np.ndarray:
+        if self.calls == 0:
+            for index in range(self.count):
+                threading.Timer(0.5 * (index + 1), signal.raise_signal, [signal.SIGINT]).start()
+        return super().segment(image, *args)
+
+
+def test_ctrl_c_finishes_the_image_in_inference_then_stops(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 3)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        run_batch(_InterruptedSegmenter(count=1), plan, settings)
+    assert not isinstance(interrupt.value, batch.BatchInterrupted)
+    assert [(row["output_stem"], row["status"]) for row in _summary(settings.output)] == [
+        ("img00", "ok")
+    ]
+    assert settings.marker("img00").is_file()
+    for stage in [t for t in threading.enumerate() if t.name.startswith("edgeseg-")]:
+        stage.join(timeout=1.0)  # only a moment: each has already set its finished flag
+        assert not stage.is_alive()
+
+
+def test_ctrl_c_again_stops_at_once_with_the_summary_written(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 3)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    started = time.monotonic()
+    with pytest.raises(batch.BatchInterrupted):
+        run_batch(_InterruptedSegmenter(count=2), plan, settings)
+    assert time.monotonic() - started < 2.0  # did not wait for the image in inference
+    assert _summary(settings.output) == []
+    time.sleep(1.5)  # let the abandoned inference end before the next test
 
 
 def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,6 +137,29 @@ def test_images_arriving_while_watching_are_done_once(tmp_path: Path, model: Pat
     assert not list(out.glob(".*.part*"))
 
 
+def test_a_replaced_image_is_done_again_and_links_are_files_of_their_own(
+    tmp_path: Path, model: Path
+) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _write(tmp_path / "store" / "key.png", 0)
+    folder.mkdir()
+    for name in ("A01.png", "A02.png"):  # git-annex style: two links to one content file
+        (folder / name).symlink_to(tmp_path / "store" / "key.png")
+    tifffile.imwrite(folder / "scan.ome.tif", _gray(1))
+    segmenter = Recording(model)
+    watcher = FolderWatcher(folder, segmenter, BatchSettings(output=out), settle=0.1)
+    with _watching(watcher):
+        _wait_for(lambda: _markers(out) == {"A01", "A02", "scan"}, "3 images")
+        first = json.loads((out / ".edgeseg-done" / "scan.json").read_text())
+        tifffile.imwrite(folder / "scan.ome.tif", _gray(2))  # re-exported under its name
+        _wait_for(
+            lambda: json.loads((out / ".edgeseg-done" / "scan.json").read_text()) != first,
+            "the replaced image done again",
+        )
+    assert len(segmenter.seen) == 4
+    assert np.array_equal(segmenter.seen[-1], _gray(2))
+
+
 def test_partial_files_are_taken_only_when_complete(tmp_path: Path, model: Path) -> None:
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()

@@ -81,8 +81,9 @@ def load_backend(
         raise  # already say what is wrong, in our words
     except Exception as error:  # a runtime's own error type, e.g. ONNX Runtime's InvalidProtobuf
         raise ManifestError(
-            f"{artifact}: {name} cannot load this model, although its bytes match the "
-            f"manifest (was it written incompletely at export?): {error}"
+            f"{artifact}: {name} cannot load this model ({error}); its bytes match its "
+            "manifest, so it was written so (an export cut short, or a format or version "
+            "this runtime does not read)"
         ) from error
 
 

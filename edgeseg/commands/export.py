@@ -142,6 +142,7 @@ def export(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgeseg.data.dataset import DatasetError
     from edgeseg.manifest import ManifestError
+    from edgeseg.models import is_maskrcnn
     from export.pipeline import (
         ExportError,
         ExportSettings,
@@ -156,12 +157,12 @@ def export(
         targets = resolve_targets(target)
     except KeyError as error:
         raise click.BadParameter(error.args[0], param_hint="--target") from error
-    if overlap >= tile:  # the runtime could not tile with it: refused before any work
-        raise click.BadParameter(
-            f"{tile} is not larger than --overlap {overlap}", param_hint="--tile"
-        )
     try:
         source = resolve_source(model)
+        if overlap >= tile and not is_maskrcnn(source):  # the runtime could not tile with it
+            raise click.BadParameter(
+                f"{tile} is not larger than --overlap {overlap}", param_hint="--tile"
+            )
         from_keras = converts_from_keras(source)
         missing = (
             missing_modules(tuple({m for t in targets for m in t.needs})) if from_keras else []

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -67,7 +68,12 @@ PARALLEL_IMAGES = 2
     "at once, each on half the cores].",
 )
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
-@click.option("--overwrite", is_flag=True, help="Redo every image, replacing earlier results.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Redo every image, replacing earlier results (and removing its labels in the other "
+    "format and an overlay not asked for now); an image that fails keeps its earlier results.",
+)
 @click.option(
     "--format",
     "label_format",
@@ -129,8 +135,8 @@ def segment(
     Resume: run the same command again after an interruption or a crash: images whose
     outputs are complete are skipped (summary.csv says "skipped"), the others are done,
     and so is an image whose file has changed since (same name, new size or time).
-    Results are never replaced without --overwrite, and OUT holding results of another
-    model, --channel, --page or --diameter is refused. Bookkeeping lives in OUT/.edgeseg-done/.
+    Results of another model, --channel, --page or --diameter are never replaced without
+    --overwrite: OUT holding them is refused. Bookkeeping lives in OUT/.edgeseg-done/.
 
     \b
     A file that cannot be read fails alone: named on stderr and in summary.csv, and the
@@ -215,18 +221,31 @@ def segment(
             results = run_batch(
                 segmenter, plan, settings, on_result=report, inference_workers=workers
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             click.echo(
                 f"\nInterrupted. Finished images are kept in {output}; run the same command "
                 "again to do the rest.",
                 err=True,
             )
-            sys.exit(130)
+            exit_interrupted(interrupt)
         finally:
             signal.signal(signal.SIGTERM, previous)
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
     if any(result.status == "failed" for result in results):
         sys.exit(1)
+
+
+def exit_interrupted(interrupt: KeyboardInterrupt) -> NoReturn:
+    """Exit with status 130. After a second Ctrl-C (``BatchInterrupted``) inference may still
+    run in native code, which a normal interpreter exit would abort with a crash message: the
+    process ends at once instead (every file is already complete or absent)."""
+    from edgeseg.batch import BatchInterrupted
+
+    if isinstance(interrupt, BatchInterrupted):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
 
 
 def load_for_batch(

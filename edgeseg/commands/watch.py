@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeseg.commands.segment import diameter_note, flips_note, load_segmenter_or_fail, segment
+from edgeseg.commands.segment import (
+    diameter_note,
+    exit_interrupted,
+    flips_note,
+    load_segmenter_or_fail,
+    segment,
+)
 
 if TYPE_CHECKING:
     from edgeseg.rescale import Diameter
@@ -98,13 +104,14 @@ def watch(
         a failed file is tried again when it changes.
       - output names are given as images arrive and kept across restarts: X, or
         plate2__X when a plate1/X came first.
-      - each file path is done once. A file later replaced under the same name is not
-        redone: give new images new names (or delete OUT/.edgeseg-done/X.json).
+      - each file is done once, and again if it is replaced under the same name
+        (its size or modification time changes), as `edgeseg segment` does.
       - summary.csv lists every image done into OUT with these settings.
     Ctrl-C or SIGTERM (systemctl stop) finishes the image in progress, writes
-    summary.csv and exits 0; a second Ctrl-C aborts at once (nothing is half-written
-    either way). Restart it with the same command: done images are not redone.
-    Run one watcher per output folder. Nothing is ever sent over the network.
+    summary.csv and exits 0; if that takes too long, Ctrl-C twice more aborts at once
+    (exit 130; nothing is half-written either way). Restart it with the same command:
+    done images are not redone. Run one watcher per output folder. Nothing is ever sent
+    over the network.
 
     \b
     Examples:
@@ -165,6 +172,9 @@ def watch(
     started = time.perf_counter()
     try:
         results = watch_folder(watcher, interval=interval, once=once, stop=stop, on_result=report)
+    except KeyboardInterrupt as interrupt:
+        _log(f"aborted; run the same command again to go on. Results are in {output}")
+        exit_interrupted(interrupt)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
