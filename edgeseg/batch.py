@@ -21,10 +21,12 @@ import csv
 import json
 import os
 import queue
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,12 @@ from edgeseg.imageio import (
     IMAGE_SUFFIXES,
     ImageReadError,
     atomic_path,
+    check_label_range,
     read_plane,
     write_labels,
 )
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
-from edgeseg.overlay import write_overlay
+from edgeseg.overlay import draw_overlay, write_overlay
 from edgeseg.preprocess import preprocessing, to_gray
 from edgeseg.rescale import Diameter, diameter_text, median_diameter, recorded_diameter
 
@@ -51,6 +54,7 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 DONE_DIR = ".edgeseg-done"
 LABEL_FORMATS = ("tif", "png")
+NUCLEI_SUFFIX = "_nuclei.csv"
 PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
 SUMMARY_EVERY_S = 10.0
 
@@ -85,7 +89,7 @@ class BatchSettings:
     test_time_flips: bool = False
 
     def outputs(self, stem: str) -> dict[str, Path]:
-        names = {"nuclei": f"{stem}_nuclei.csv", "labels": f"{stem}_labels.{self.label_format}"}
+        names = {"nuclei": f"{stem}{NUCLEI_SUFFIX}", "labels": f"{stem}_labels.{self.label_format}"}
         if self.overlay:
             names["overlay"] = f"{stem}_overlay.png"
         return {kind: self.output / name for kind, name in names.items()}
@@ -154,13 +158,11 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     A file given by name is always a job, so an unsupported or corrupt one is reported
     rather than silently ignored; inside folders only image suffixes are picked up.
     """
-    found: dict[Path, Path] = {}  # absolute -> as the user will recognise it
+    found: dict[str, Path] = {}  # source_key -> as the user will recognise it
     for item in inputs:
         candidates = walk_images(item) if item.is_dir() else [item]
         for path in candidates:
-            # Not resolve(): links (git-annex, DataLad, symlink farms) are files in their own
-            # right, named as the user named them, even when two share one target.
-            found.setdefault(absolute_path(path), path)
+            found.setdefault(source_key(path), path)
     if not found:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
         raise BatchError(
@@ -171,9 +173,19 @@ def discover_images(inputs: Sequence[Path]) -> list[ImageJob]:
     return [ImageJob(i, sources[i], stems[i]) for i in range(len(sources))]
 
 
-def absolute_path(path: Path) -> Path:
-    """``path`` made absolute and ``..``-free without following symbolic links."""
-    return Path(os.path.abspath(path))
+def located(path: Path) -> Path:
+    """``path``, absolute, with its folder's symbolic links resolved but not the file's own.
+
+    A folder reached by several paths (a linked home folder, macOS's /tmp) is one folder,
+    while a link to a file (git-annex, DataLad, a symlink farm) is a file in its own right,
+    named as the user named it, even when two links share one target.
+    """
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def source_key(path: Path) -> str:
+    """What identifies an input file: ``located``, case-folded where the OS ignores case."""
+    return os.path.normcase(str(located(path)))
 
 
 def walk_images(folder: Path) -> Iterable[Path]:
@@ -192,11 +204,15 @@ def walk_images(folder: Path) -> Iterable[Path]:
 
 
 def outputs_recorded(folder: Path) -> set[str]:
-    """Names edgeseg's outputs in ``folder`` may have, for every image its done-markers name
-    (any label format or overlay an earlier run of it wrote)."""
-    stems = (marker.stem for marker in (folder / DONE_DIR).glob("*.json"))
+    """Names edgeseg's outputs in ``folder`` may have, for every image its done-markers or
+    its measurement tables name (any label format or overlay a run, even an interrupted
+    one, wrote), in a folder edgeseg has written to."""
+    if not (folder / DONE_DIR).is_dir():
+        return set()
+    markers = [marker.stem for marker in (folder / DONE_DIR).glob("*.json")]
+    tables = [table.name[: -len(NUCLEI_SUFFIX)] for table in folder.glob(f"*{NUCLEI_SUFFIX}")]
     suffixes = (*(f"_labels.{suffix}" for suffix in LABEL_FORMATS), "_overlay.png")
-    return {f"{stem}{suffix}" for stem in stems for suffix in suffixes}
+    return {f"{stem}{suffix}" for stem in [*markers, *tables] for suffix in suffixes}
 
 
 def output_stems(sources: Sequence[Path]) -> list[str]:
@@ -206,7 +222,7 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     path relative to the inputs' common folder joined by "__" (``plate1/A01.tif`` ->
     ``plate1__A01``); if that still clashes the suffix is added (``A01_tif``), then a number.
     """
-    absolute = [absolute_path(source) for source in sources]
+    absolute = [located(source) for source in sources]
     try:
         root: Path | None = Path(os.path.commonpath([path.parent for path in absolute]))
     except ValueError:  # inputs on different Windows drives share no folder
@@ -329,12 +345,12 @@ def source_stamp(path: Path) -> dict[str, int] | None:
 def _other_source(marker: Mapping[str, Any], job: ImageJob) -> str | None:
     """Why the marker's results were not made from ``job``'s file, or None.
 
-    Markers name the file as given, made absolute (a link by its own path: re-pointing it
-    is a change of content, caught by the stamp); older ones named its resolved path.
+    Markers name the file ``located`` (a link by its own path: re-pointing it is a change
+    of content, caught by the stamp); older ones named its resolved path.
     """
-    here = {str(absolute_path(job.source)), str(job.source.resolve())}
-    if marker.get("source") not in here:
-        return f"made from {marker.get('source')}, not {absolute_path(job.source)}"
+    here = {source_key(job.source), os.path.normcase(str(job.source.resolve()))}
+    if os.path.normcase(str(marker.get("source"))) not in here:
+        return f"made from {marker.get('source')}, not {located(job.source)}"
     return None
 
 
@@ -467,6 +483,7 @@ def run_batch(
     results = list(plan.skipped)
     earlier = earlier_rows(settings, [*plan.todo, *(result.job for result in plan.skipped)])
     stop = threading.Event()
+    abandoned = threading.Event()  # Ctrl-C twice: images still in flight are not written
     decoded: queue.Queue = queue.Queue(maxsize=PREFETCH)
     segmented: queue.Queue = queue.Queue(maxsize=PREFETCH)
 
@@ -485,7 +502,9 @@ def run_batch(
 
     def write_all() -> None:
         last_summary = time.monotonic()
-        while (work := segmented.get()) is not _END:
+        while (work := _get(segmented, lambda: not abandoned.is_set())) is not _END:
+            if abandoned.is_set():
+                return
             result = _finish(work, settings, fingerprint)
             results.append(result)
             if on_result is not None:
@@ -521,21 +540,36 @@ def run_batch(
         for worker in workers:
             worker.wait()
     finally:
-        stop.set()  # on Ctrl-C: read no more, but write what is already segmented
         try:
+            stop.set()  # on Ctrl-C: read no more, but write what is already segmented
             for worker in workers:
                 worker.wait()  # each finishes the image it holds
             _put(segmented, _END, writer.running)
             writer.wait()
             reader.wait()
         except KeyboardInterrupt:  # pressed again: stop now, keeping the table of what is done
-            write_summary(settings, results, earlier)
+            abandoned.set()
+            with _interrupts_ignored():  # a held-down Ctrl-C must not cut the table short
+                write_summary(settings, results, earlier)
             raise BatchInterrupted from None
         write_summary(settings, results, earlier)
     for stage in (reader, writer, *workers):
         if stage.error is not None:
             raise stage.error
     return results
+
+
+@contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for a moment (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _read(job: ImageJob, settings: BatchSettings) -> _Work:
@@ -574,23 +608,27 @@ def _write_outputs(
 ) -> tuple[int, float | None, float | None]:
     """Write CSV, overlay and labels, then the done-marker last, each atomically.
 
+    Everything that can fail short of the disk (too many nuclei, a measurement) is computed
+    before the first earlier result of this image is touched, so such a failure keeps them.
     Returns the number of nuclei, their mean area and their median diameter (px).
     """
     job, image = work.job, work.image
+    check_label_range(labels)
+    rows = measure_nuclei(labels, to_gray(image))
+    paths = settings.outputs(job.stem)
+    overlay = draw_overlay(image, labels) if "overlay" in paths else None
     marker = settings.marker(job.stem)
     marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
+    write_nuclei_csv(paths["nuclei"], rows)
+    if overlay is not None:
+        write_overlay(paths["overlay"], overlay)
+    write_labels(paths["labels"], labels)
     for stale in settings.stale_outputs(job.stem):
         stale.unlink(missing_ok=True)
-    paths = settings.outputs(job.stem)
-    rows = measure_nuclei(labels, to_gray(image))
-    write_nuclei_csv(paths["nuclei"], rows)
-    if "overlay" in paths:
-        write_overlay(paths["overlay"], image, labels)
-    write_labels(paths["labels"], labels)
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
     diameter = median_diameter(labels)
     record = {
-        "source": str(absolute_path(job.source)),
+        "source": str(located(job.source)),
         "source_stamp": work.stamp,
         "settings": dict(fingerprint),
         "outputs": sorted(path.name for path in paths.values()),
@@ -609,7 +647,7 @@ def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict
     there: a run on a few images must not hide the others."""
     jobs = list(jobs)
     stems = {job.stem for job in jobs}
-    files = {absolute_path(job.source) for job in jobs}
+    files = {source_key(job.source) for job in jobs}
     try:
         with open(settings.output / SUMMARY_NAME, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -618,7 +656,7 @@ def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict
 
     def still_there(row: dict[str, str]) -> bool:
         stem, file = row.get("output_stem") or "", Path(row.get("file") or "")
-        if not stem or stem in stems or absolute_path(file) in files:
+        if not stem or stem in stems or source_key(file) in files:
             return False
         return settings.marker(stem).is_file() or (row.get("status") == "failed" and file.is_file())
 

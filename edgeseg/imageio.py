@@ -79,11 +79,19 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         temporary_path.unlink(missing_ok=True)
 
 
+def check_label_range(labels: np.ndarray) -> None:
+    """Refuse labels a uint16 label image cannot hold."""
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError("more than 65535 instances do not fit a uint16 label image")
+
+
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Write a uint16 instance label image (TIFF or PNG) that Fiji, QuPath and napari open."""
     path = Path(path)
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise ValueError(f"{path}: more than 65535 instances do not fit a uint16 label image")
+    try:
+        check_label_range(labels)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     labels16 = labels.astype(np.uint16, copy=False)
     with atomic_path(path) as temporary:
         if path.suffix.lower() in TIFF_SUFFIXES:

@@ -46,9 +46,8 @@ def draw_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
-    """Write the overlay of the raw ``image`` as a PNG, atomically."""
-    rgb = draw_overlay(image, labels)
+def write_overlay(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB overlay (``draw_overlay``) as a PNG, atomically."""
     with atomic_path(path) as temporary:
         if not cv2.imwrite(str(temporary), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"{path}: could not write the overlay PNG")

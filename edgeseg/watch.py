@@ -31,12 +31,12 @@ from edgeseg.batch import (
     BatchSettings,
     ImageJob,
     ImageResult,
-    absolute_path,
     check_output_folder,
     earlier_rows,
     plan_batch,
     read_marker,
     run_batch,
+    source_key,
     source_stamp,
     stem_of,
     walk_images,
@@ -80,14 +80,14 @@ class FolderWatcher:
         self.settings = settings
         self.settle = settle
         self.patience = patience
-        # Files are keyed by batch.absolute_path: a link is a file of its own, as in segment.
-        self._jobs: dict[Path, ImageJob] = {}  # source -> its job, stem fixed for good
-        self._stems: dict[Path, str] = {}  # source -> stem, from the done-markers
+        # Files are keyed by batch.source_key: a link is a file of its own, as in segment.
+        self._jobs: dict[str, ImageJob] = {}  # source -> its job, stem fixed for good
+        self._stems: dict[str, str] = {}  # source -> stem, from the done-markers
         self._taken: set[str] = set()  # casefolded stems in use
         self._results: dict[int, ImageResult] = {}  # job index -> latest result
-        #: sources with complete results -> the file's stamp then (None: unknown)
-        self._done: dict[Path, Signature | None] = {}
-        self._tracked: dict[Path, _Tracked] = {}
+        #: sources with complete results -> the file's stamp then (None: it was absent)
+        self._done: dict[str, Signature | None] = {}
+        self._tracked: dict[str, _Tracked] = {}
         self._resume()
 
     @property
@@ -103,13 +103,13 @@ class FolderWatcher:
         for marker in sorted((self.settings.output / DONE_DIR).glob("*.json")):
             record = read_marker(marker)
             if record is not None and isinstance(record.get("source"), str):
-                self._stems[Path(record["source"])] = marker.stem
+                self._stems[source_key(Path(record["source"]))] = marker.stem
                 self._taken.add(marker.stem.casefold())
         present = [self._job(path) for path in walk_images(self.folder)]
-        here = {absolute_path(job.source) for job in present}
+        here = {source_key(job.source) for job in present}
         for source in sorted(self._stems.keys() - here):  # images no longer here
             try:
-                plan = plan_batch([self._job(source)], self.settings, self.segmenter.manifest)
+                plan = plan_batch([self._job(Path(source))], self.settings, self.segmenter.manifest)
             except BatchError:
                 continue  # made with other settings and not ours to judge: left alone
             self._record(plan.skipped)
@@ -119,15 +119,14 @@ class FolderWatcher:
         for job in plan.todo:
             signature = source_stamp(job.source)
             if signature is not None:
-                self._tracked[absolute_path(job.source)] = _Tracked(job, signature, now)
+                self._tracked[source_key(job.source)] = _Tracked(job, signature, now)
         jobs = [result.job for result in self.results]
         write_summary(self.settings, self.results, earlier_rows(self.settings, jobs))
 
     def _job(self, path: Path) -> ImageJob:
-        key = absolute_path(path)
+        key = source_key(path)
         if key not in self._jobs:
-            # Markers before links were files of their own named the resolved path.
-            stem = self._stems.get(key) or self._stems.get(path.resolve()) or self._free_stem(path)
+            stem = self._stems.get(key) or self._free_stem(path)
             self._taken.add(stem.casefold())
             self._jobs[key] = ImageJob(len(self._jobs), path, stem)
         return self._jobs[key]
@@ -147,25 +146,25 @@ class FolderWatcher:
     def _record(self, results: list[ImageResult]) -> None:
         for result in results:
             self._results[result.job.index] = result
-            key = absolute_path(result.job.source)
+            key = source_key(result.job.source)
             if result.status == "failed":
                 if key in self._tracked:
                     self._tracked[key].failed = True
             else:
                 tracked = self._tracked.pop(key, None)
-                self._done[key] = tracked.signature if tracked else source_stamp(key)
+                self._done[key] = tracked.signature if tracked else source_stamp(result.job.source)
 
     def poll(self) -> list[ImageJob]:
         """List the folder once; return the jobs whose files are complete now."""
         now = time.monotonic()
         ready, present = [], set()
         for path in walk_images(self.folder):
-            key = absolute_path(path)
+            key = source_key(path)
             signature = source_stamp(path)
             if signature is None:
                 continue  # removed or renamed since the folder was listed
             if key in self._done:
-                if self._done[key] in (None, signature):
+                if self._done[key] == signature:
                     continue
                 del self._done[key]  # replaced under its name since it was done: do it again
             present.add(key)

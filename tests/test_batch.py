@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import _thread
 import csv
 import json
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -224,6 +224,17 @@ def test_symbolic_links_are_files_of_their_own(tmp_path: Path) -> None:
     assert [job.stem for job in plan_batch(jobs, settings, MANIFEST).todo] == ["A02_control"]
 
 
+def test_a_folder_reached_by_another_path_resumes(tmp_path: Path) -> None:
+    """A linked home folder, or macOS's /tmp: one folder, whichever path names it."""
+    _write_images(tmp_path / "real" / "in", 2)
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "alias" / "in"])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    plan = plan_batch(discover_images([tmp_path / "real" / "in"]), settings, MANIFEST)
+    assert plan.todo == [] and len(plan.skipped) == 2
+
+
 def test_edgeseg_outputs_among_images_are_not_read_as_images(tmp_path: Path) -> None:
     images = _write_images(tmp_path / "in", 2)
     for label_format in ("tif", "png"):  # a results folder made from files, kept beside them
@@ -231,6 +242,8 @@ def test_edgeseg_outputs_among_images_are_not_read_as_images(tmp_path: Path) -> 
         run_batch(
             ThresholdSegmenter(), plan_batch(discover_images(images), settings, MANIFEST), settings
         )
+    assert [job.stem for job in discover_images([tmp_path / "in"])] == ["img00", "img01"]
+    settings.marker("img00").unlink()  # as while an interrupted run redid it
     assert [job.stem for job in discover_images([tmp_path / "in"])] == ["img00", "img01"]
     # Results written into another folder of raw images hide none of its images.
     plate = _write_images(tmp_path / "plate", 2)
@@ -269,6 +282,17 @@ def test_overwrite_that_fails_keeps_the_earlier_results(tmp_path: Path) -> None:
     assert {path.name: path.read_bytes() for path in (tmp_path / "out").glob("img00*")} == before
     assert not (tmp_path / "out" / "img01_overlay.png").exists()  # replaced, not asked for
 
+    class TooMany(ThresholdSegmenter):
+        def segment(self, image: np.ndarray, *args: object) -> np.ndarray:
+            return np.full(image.shape[:2], 70000, np.int32)  # past uint16
+
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "out").glob("img01*")}
+    again = BatchSettings(output=tmp_path / "out", overwrite=True, label_format="png")
+    results = run_batch(TooMany(), plan_batch(jobs[1:], again, MANIFEST), again)
+    assert results[0].status == "failed" and "65535" in results[0].error
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").glob("img01*")} == kept
+    assert again.marker("img01").is_file()
+
 
 def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> None:
     paths = _write_images(tmp_path / "in", 3)
@@ -295,46 +319,66 @@ def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> Non
     ]
 
 
-class _InterruptedSegmenter(ThresholdSegmenter):
-    """Ctrl-C arrives (``count`` SIGINTs, 0.5 s apart) while the first image is in inference."""
+class _BlockedSegmenter(ThresholdSegmenter):
+    """Inference of the first image waits for ``release``: a Ctrl-C then finds it in flight."""
 
-    def __init__(self, count: int) -> None:
-        super().__init__(delay=2.5)
-        self.count = count
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
 
     def segment(self, image: np.ndarray, *args: object) -> np.ndarray:
         if self.calls == 0:
-            for index in range(self.count):
-                threading.Timer(0.5 * (index + 1), signal.raise_signal, [signal.SIGINT]).start()
+            self.entered.set()
+            assert self.release.wait(30), "the test never released inference"
         return super().segment(image, *args)
+
+
+def _interrupt_later(segmenter: _BlockedSegmenter, times: int) -> threading.Thread:
+    """Ctrl-C ``times`` times once the first image is in inference, then release it."""
+
+    def interrupt() -> None:
+        segmenter.entered.wait(30)
+        for _ in range(times):
+            time.sleep(0.3)  # each one is handled before the next (signals do not queue)
+            _thread.interrupt_main()
+        time.sleep(0.3)
+        segmenter.release.set()
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
 
 
 def test_ctrl_c_finishes_the_image_in_inference_then_stops(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 3)
     settings = BatchSettings(output=tmp_path / "out")
     plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    segmenter = _BlockedSegmenter()
+    interrupter = _interrupt_later(segmenter, times=1)
     with pytest.raises(KeyboardInterrupt) as interrupt:
-        run_batch(_InterruptedSegmenter(count=1), plan, settings)
+        run_batch(segmenter, plan, settings)
+    interrupter.join()
     assert not isinstance(interrupt.value, batch.BatchInterrupted)
     assert [(row["output_stem"], row["status"]) for row in _summary(settings.output)] == [
         ("img00", "ok")
     ]
     assert settings.marker("img00").is_file()
-    for stage in [t for t in threading.enumerate() if t.name.startswith("edgeseg-")]:
-        stage.join(timeout=1.0)  # only a moment: each has already set its finished flag
-        assert not stage.is_alive()
 
 
-def test_ctrl_c_again_stops_at_once_with_the_summary_written(tmp_path: Path) -> None:
+def test_ctrl_c_again_stops_at_once_and_writes_nothing_more(tmp_path: Path) -> None:
     _write_images(tmp_path / "in", 3)
     settings = BatchSettings(output=tmp_path / "out")
     plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
-    started = time.monotonic()
+    segmenter = _BlockedSegmenter()
+    interrupter = _interrupt_later(segmenter, times=2)
     with pytest.raises(batch.BatchInterrupted):
-        run_batch(_InterruptedSegmenter(count=2), plan, settings)
-    assert time.monotonic() - started < 2.0  # did not wait for the image in inference
+        run_batch(segmenter, plan, settings)
+    assert not segmenter.release.is_set()  # it did not wait for the image in inference
+    interrupter.join()  # inference now ends; its image is abandoned, not written
+    for stage in [t for t in threading.enumerate() if t.name.startswith("edgeseg-")]:
+        stage.join(timeout=5)
     assert _summary(settings.output) == []
-    time.sleep(1.5)  # let the abandoned inference end before the next test
+    assert not list(settings.output.glob("img00*"))
 
 
 def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT, synthetic_nuclei
 from tiny_models import threshold_model
 
-from edgeseg.batch import BatchSettings
+from edgeseg.batch import BatchSettings, read_marker
 from edgeseg.cli import main
 from edgeseg.segmenter import load_segmenter
 from edgeseg.watch import FolderWatcher, watch_folder
@@ -152,12 +152,24 @@ def test_a_replaced_image_is_done_again_and_links_are_files_of_their_own(
         _wait_for(lambda: _markers(out) == {"A01", "A02", "scan"}, "3 images")
         first = json.loads((out / ".edgeseg-done" / "scan.json").read_text())
         tifffile.imwrite(folder / "scan.ome.tif", _gray(2))  # re-exported under its name
-        _wait_for(
-            lambda: json.loads((out / ".edgeseg-done" / "scan.json").read_text()) != first,
+        _wait_for(  # the marker is absent for a moment while the image is done again
+            lambda: read_marker(out / ".edgeseg-done" / "scan.json") not in (None, first),
             "the replaced image done again",
         )
     assert len(segmenter.seen) == 4
     assert np.array_equal(segmenter.seen[-1], _gray(2))
+
+
+def test_a_name_reused_after_its_image_was_filed_away_is_done(tmp_path: Path, model: Path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _write(folder / "Image_0001.png", 0)
+    settings = BatchSettings(output=out)
+    first = FolderWatcher(folder, Recording(model), settings, settle=0.0)
+    first.process(first.poll() or first.poll())
+    (folder / "Image_0001.png").unlink()  # archived; the watcher restarts overnight
+    watcher = FolderWatcher(folder, Recording(model), settings, settle=0.0)
+    _write(folder / "Image_0001.png", 1)  # the next day's image under the same name
+    assert [job.stem for job in watcher.poll() or watcher.poll()] == ["Image_0001"]
 
 
 def test_partial_files_are_taken_only_when_complete(tmp_path: Path, model: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -222,12 +224,11 @@ def segment(
                 segmenter, plan, settings, on_result=report, inference_workers=workers
             )
         except KeyboardInterrupt as interrupt:
-            click.echo(
+            exit_interrupted(
+                interrupt,
                 f"\nInterrupted. Finished images are kept in {output}; run the same command "
                 "again to do the rest.",
-                err=True,
             )
-            exit_interrupted(interrupt)
         finally:
             signal.signal(signal.SIGTERM, previous)
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
@@ -235,15 +236,24 @@ def segment(
         sys.exit(1)
 
 
-def exit_interrupted(interrupt: KeyboardInterrupt) -> NoReturn:
-    """Exit with status 130. After a second Ctrl-C (``BatchInterrupted``) inference may still
-    run in native code, which a normal interpreter exit would abort with a crash message: the
-    process ends at once instead (every file is already complete or absent)."""
+def exit_interrupted(interrupt: KeyboardInterrupt, message: str) -> NoReturn:
+    """Say ``message`` and exit with status 130, deaf to further Ctrl-C.
+
+    After a second Ctrl-C (``BatchInterrupted``) inference may still run in native code,
+    which a normal interpreter exit would abort with a crash message: the process then ends
+    at once instead (every file is already complete or absent).
+    """
     from edgeseg.batch import BatchInterrupted
 
-    if isinstance(interrupt, BatchInterrupted):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    click.echo(message, err=True)
+    stages = [thread for thread in threading.enumerate() if thread.name.startswith("edgeseg-")]
+    for stage in stages:
+        stage.join(timeout=0.5)  # a stage that has finished its work ends within a moment
+    if isinstance(interrupt, BatchInterrupted) or any(stage.is_alive() for stage in stages):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to say
+                stream.flush()
         os._exit(130)
     sys.exit(130)
 

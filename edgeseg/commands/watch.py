@@ -173,8 +173,9 @@ def watch(
     try:
         results = watch_folder(watcher, interval=interval, once=once, stop=stop, on_result=report)
     except KeyboardInterrupt as interrupt:
-        _log(f"aborted; run the same command again to go on. Results are in {output}")
-        exit_interrupted(interrupt)
+        exit_interrupted(
+            interrupt, f"aborted; run the same command again to go on. Results are in {output}"
+        )
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
