@@ -586,18 +586,17 @@ def _read(job: ImageJob, settings: BatchSettings) -> _Work:
 
 def _finish(work: _Work, settings: BatchSettings, fingerprint: Mapping[str, Any]) -> ImageResult:
     """Post-process, measure and write one image; any failure is that image's alone."""
+    if work.image is None or work.postprocess is None:
+        return ImageResult(work.job, "failed", error=work.error, seconds=work.seconds)
     started = time.perf_counter()
-    error = work.error
-    if work.image is not None and work.postprocess is not None:
-        try:
-            labels = work.postprocess()
-            counts = _write_outputs(work, labels, settings, fingerprint)
-            seconds = work.seconds + time.perf_counter() - started
-            return ImageResult(work.job, "ok", *counts, seconds=seconds)
-        except Exception as failure:  # e.g. disk full, or labels past uint16: report, go on
-            error = _describe(failure)
+    try:
+        labels = work.postprocess()
+        counts = _write_outputs(work, labels, settings, fingerprint)
+    except Exception as error:  # e.g. disk full, or labels past uint16: report it, keep going
+        seconds = work.seconds + time.perf_counter() - started
+        return ImageResult(work.job, "failed", error=_describe(error), seconds=seconds)
     seconds = work.seconds + time.perf_counter() - started
-    return ImageResult(work.job, "failed", error=error, seconds=seconds)
+    return ImageResult(work.job, "ok", *counts, seconds=seconds)
 
 
 def _write_outputs(
