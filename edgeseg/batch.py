@@ -190,9 +190,11 @@ def source_key(path: Path) -> str:
 
 def walk_images(folder: Path) -> Iterable[Path]:
     """Image files below ``folder`` in a stable order; hidden files and folders are skipped,
-    and so are edgeseg's own outputs (a results folder kept beside the images)."""
+    and so are edgeseg's own outputs (a results folder kept beside the images) and the
+    annotations of the Kaggle / DSB2018 layout (a ``masks`` folder beside ``images``)."""
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        annotations = {"masks"} if "images" in dirs else set()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in annotations)
         produced = outputs_recorded(Path(root))
         for name in sorted(files):
             if (

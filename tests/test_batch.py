@@ -97,6 +97,11 @@ def test_discovery_recurses_skips_hidden_and_keeps_named_files(tmp_path: Path) -
     (tmp_path / "extra.txt").write_text("x")
     jobs = discover_images([tmp_path / "in", tmp_path / "extra.txt", tmp_path / "in" / "deep"])
     assert [job.source.name for job in jobs] == ["img00.png", "img01.png", "extra.txt"]
+    _write_images(tmp_path / "kaggle" / "id1" / "images", 1)  # the DSB2018 layout
+    _write_images(tmp_path / "kaggle" / "id1" / "masks", 2)
+    _write_images(tmp_path / "kaggle" / "masks", 1)  # no images/ beside: a folder like any
+    found = [job.source.relative_to(tmp_path) for job in discover_images([tmp_path / "kaggle"])]
+    assert found == [Path("kaggle/id1/images/img00.png"), Path("kaggle/masks/img00.png")]
     (tmp_path / "empty").mkdir()
     with pytest.raises(BatchError, match="no images found"):
         discover_images([tmp_path / "empty"])

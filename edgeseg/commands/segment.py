@@ -118,6 +118,8 @@ def segment(
     Inputs: PNG, JPEG, BMP, TIFF (8/16-bit, float, multi-page, OME-TIFF, ImageJ).
     RGB(A) images are used as colour; in other multichannel images pick the nuclear
     channel with --channel N, and a plane of a multi-page TIFF or stack with --page N.
+    Folders are searched skipping hidden names, edgeseg's own outputs, and the masks/
+    beside images/ of the Kaggle (DSB2018) layout.
 
     \b
     Outputs in OUT, for an input image X.png:
