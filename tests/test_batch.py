@@ -330,6 +330,7 @@ class _BlockedSegmenter(ThresholdSegmenter):
     def __init__(self) -> None:
         super().__init__()
         self.entered, self.release = threading.Event(), threading.Event()
+        self.released_before_return = False
 
     def segment(self, image: np.ndarray, *args: object) -> np.ndarray:
         if self.calls == 0:
@@ -354,15 +355,25 @@ def _interrupt_later(segmenter: _BlockedSegmenter, times: int) -> threading.Thre
     return thread
 
 
-def test_ctrl_c_finishes_the_image_in_inference_then_stops(tmp_path: Path) -> None:
+def _interrupted_run(tmp_path: Path, segmenter: _BlockedSegmenter, times: int) -> BatchSettings:
+    """Three images, Ctrl-C ``times`` times during the first; whatever run_batch raises is
+    re-raised once the interrupting thread has released inference."""
     _write_images(tmp_path / "in", 3)
     settings = BatchSettings(output=tmp_path / "out")
     plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
-    segmenter = _BlockedSegmenter()
-    interrupter = _interrupt_later(segmenter, times=1)
-    with pytest.raises(KeyboardInterrupt) as interrupt:
+    interrupter = _interrupt_later(segmenter, times)
+    try:
         run_batch(segmenter, plan, settings)
-    interrupter.join()
+    finally:
+        segmenter.released_before_return = segmenter.release.is_set()
+        interrupter.join()
+    return settings
+
+
+def test_ctrl_c_finishes_the_image_in_inference_then_stops(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        _interrupted_run(tmp_path, _BlockedSegmenter(), times=1)
+    settings = BatchSettings(output=tmp_path / "out")
     assert not isinstance(interrupt.value, batch.BatchInterrupted)
     assert [(row["output_stem"], row["status"]) for row in _summary(settings.output)] == [
         ("img00", "ok")
@@ -371,15 +382,11 @@ def test_ctrl_c_finishes_the_image_in_inference_then_stops(tmp_path: Path) -> No
 
 
 def test_ctrl_c_again_stops_at_once_and_writes_nothing_more(tmp_path: Path) -> None:
-    _write_images(tmp_path / "in", 3)
-    settings = BatchSettings(output=tmp_path / "out")
-    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
     segmenter = _BlockedSegmenter()
-    interrupter = _interrupt_later(segmenter, times=2)
     with pytest.raises(batch.BatchInterrupted):
-        run_batch(segmenter, plan, settings)
-    assert not segmenter.release.is_set()  # it did not wait for the image in inference
-    interrupter.join()  # inference now ends; its image is abandoned, not written
+        _interrupted_run(tmp_path, segmenter, times=2)
+    assert not segmenter.released_before_return  # it did not wait for the image in flight
+    settings = BatchSettings(output=tmp_path / "out")
     for stage in [t for t in threading.enumerate() if t.name.startswith("edgeseg-")]:
         stage.join(timeout=5)
     assert _summary(settings.output) == []
