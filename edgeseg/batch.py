@@ -87,6 +87,9 @@ class BatchSettings:
     diameter: Diameter = None
     #: Whether the segmenter averages over flipped images (edgeseg.test_time_flips).
     test_time_flips: bool = False
+    #: The --tile asked for (tiles meet in other places, so labels differ slightly); None:
+    #: the model's own.
+    tile: int | None = None
 
     def outputs(self, stem: str) -> dict[str, Path]:
         names = {"nuclei": f"{stem}{NUCLEI_SUFFIX}", "labels": f"{stem}_labels.{self.label_format}"}
@@ -112,10 +115,10 @@ class BatchSettings:
     def fingerprint(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """What makes two runs' labels differ: outputs made otherwise are never reused.
 
-        The diameter, flip and stained-channel keys appear only when not at their defaults, so
-        results made before they existed still resume. The model's own diameter and stained
-        channel are included because a regenerated manifest changes them without changing the
-        artifact's sha256.
+        The diameter, flip, tile and stained-channel keys appear only when not at their
+        defaults, so results made before they existed still resume. The model's own diameter
+        and stained channel are included because a regenerated manifest changes them without
+        changing the artifact's sha256.
         """
         fingerprint = {
             "model": manifest.get("name"),
@@ -128,6 +131,8 @@ class BatchSettings:
             fingerprint["model_diameter"] = recorded_diameter(manifest)
         if self.test_time_flips:
             fingerprint["test_time_flips"] = True
+        if self.tile is not None:
+            fingerprint["tile"] = self.tile
         if (stained_channel := preprocessing(manifest)) != "luma":
             fingerprint["stained_channel"] = stained_channel
         return fingerprint

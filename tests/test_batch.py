@@ -517,6 +517,8 @@ def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path)
     sized = {**MANIFEST, "nucleus_diameter": {"median_px": 18.0}}
     plain = BatchSettings(output=tmp_path / "out")
     assert "diameter" not in plain.fingerprint(sized)  # results made before --diameter resume
+    assert "tile" not in plain.fingerprint(sized)
+    assert BatchSettings(tmp_path / "out", tile=512).fingerprint(sized)["tile"] == 512
     settings = BatchSettings(output=tmp_path / "out", diameter=60.0)
     assert settings.fingerprint(sized) == {
         **plain.fingerprint(sized),

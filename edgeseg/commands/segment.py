@@ -139,8 +139,9 @@ def segment(
     Resume: run the same command again after an interruption or a crash: images whose
     outputs are complete are skipped (summary.csv says "skipped"), the others are done,
     and so is an image whose file has changed since (same name, new size or time).
-    Results of another model, --channel, --page or --diameter are never replaced without
-    --overwrite: OUT holding them is refused. Bookkeeping lives in OUT/.edgeseg-done/.
+    Results of another model, --channel, --page, --diameter, --tile or --tta are never
+    replaced without --overwrite: OUT holding them is refused. Bookkeeping lives in
+    OUT/.edgeseg-done/.
 
     \b
     A file that cannot be read fails alone: named on stderr and in summary.csv, and the
@@ -184,6 +185,7 @@ def segment(
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
         diameter=diameter,
         test_time_flips=test_time_flips,
+        tile=tile,
     )
     try:
         check_output_folder(output, inputs)

@@ -133,6 +133,7 @@ def watch(
         max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS,
         diameter=diameter,
         test_time_flips=test_time_flips,
+        tile=tile,
     )
     segmenter = load_segmenter_or_fail(
         model, backend, threads, tile, diameter, test_time_flips=test_time_flips
