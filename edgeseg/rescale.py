@@ -143,8 +143,8 @@ def segment_at_diameter(
     if (problem := _size_problem(size, image, max_megapixels)) is not None:
         raise ValueError(
             f"nuclei {diameter:g} px across need this {width}x{height} image rescaled "
-            f"x{scale:.3g} to {size[0]}x{size[1]}, {problem}: check the diameter (pixels of "
-            "this image)"
+            f"x{scale:.3g} to {size[0]:.6g}x{size[1]:.6g}, {problem}: check the diameter "
+            "(pixels of this image)"
         )
     source = image if image.dtype in _RESIZABLE else image.astype(np.float32)
     resized = cv2.resize(

@@ -121,6 +121,12 @@ def test_absurd_scales_are_refused_before_inference(diameter: float, problem: st
     assert segmenter.backend.shapes == []
 
 
+def test_an_absurd_diameter_is_named_in_a_readable_message() -> None:
+    with pytest.raises(ValueError, match=r"to 1\.\d+e\+\d+x1\.\d+e\+\d+, more than") as error:
+        _segmenter().segment(np.zeros((64, 64), np.uint8), diameter=1e-300)
+    assert len(str(error.value)) < 300
+
+
 def test_the_users_megapixel_limit_bounds_the_rescaled_image() -> None:
     segmenter, image = _segmenter(), np.zeros((100, 100), np.uint8)
     with pytest.raises(ValueError, match=r"more than 0.02 megapixels \(--max-megapixels\)"):
