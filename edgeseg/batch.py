@@ -105,8 +105,7 @@ class BatchSettings:
         if not self.overwrite:
             return []
         kept = self.outputs(stem).values()
-        candidates = [self.output / f"{stem}_labels.{suffix}" for suffix in LABEL_FORMATS]
-        candidates.append(self.output / f"{stem}_overlay.png")
+        candidates = [self.output / name for name in _image_output_names(stem)]
         return [path for path in candidates if path not in kept]
 
     def marker(self, stem: str) -> Path:
@@ -218,8 +217,12 @@ def outputs_recorded(folder: Path) -> set[str]:
         return set()
     markers = [marker.stem for marker in (folder / DONE_DIR).glob("*.json")]
     tables = [table.name[: -len(NUCLEI_SUFFIX)] for table in folder.glob(f"*{NUCLEI_SUFFIX}")]
-    suffixes = (*(f"_labels.{suffix}" for suffix in LABEL_FORMATS), "_overlay.png")
-    return {f"{stem}{suffix}" for stem in [*markers, *tables] for suffix in suffixes}
+    return {name for stem in [*markers, *tables] for name in _image_output_names(stem)}
+
+
+def _image_output_names(stem: str) -> list[str]:
+    """Every image edgeseg may write for ``stem``: labels in each format, the overlay."""
+    return [*(f"{stem}_labels.{suffix}" for suffix in LABEL_FORMATS), f"{stem}_overlay.png"]
 
 
 def output_stems(sources: Sequence[Path]) -> list[str]:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edgeseg.imageio import atomic_path
-from edgeseg.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, to_gray
+from edgeseg.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, stretched, to_gray
 
 
 def _palette(count: int) -> np.ndarray:
@@ -33,8 +33,7 @@ def displayed(image: np.ndarray) -> np.ndarray:
     else:
         colour = np.repeat(to_gray(array)[..., None], 3, axis=2)
     low, high = np.percentile(colour, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    stretched = (colour - low) / max(float(high - low), 1e-6)
-    return (np.clip(stretched, 0.0, 1.0) * 255).astype(np.uint8)
+    return (stretched(colour, low, high) * 255).astype(np.uint8)
 
 
 def draw_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:

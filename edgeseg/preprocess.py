@@ -141,16 +141,16 @@ def normalize(image: np.ndarray, stained_channel: StainedChannel = "luma") -> np
     if stained and stained_channel == "hematoxylin":
         density = hematoxylin_density(array)  # dense stain = nucleus: no inversion
         low, high = np.percentile(density, [LOW_PERCENTILE, HIGH_PERCENTILE])
-        return _scaled(density, low, high).astype(np.float32, copy=False)
+        return stretched(density, low, high).astype(np.float32, copy=False)
     gray = to_gray(array)
     low, median, high = _levels(gray)
-    scaled = _scaled(gray, low, high)
+    scaled = stretched(gray, low, high)
     if stained or _gray_kind(low, median, high) == "brightfield":
         scaled = 1.0 - scaled
     return scaled.astype(np.float32, copy=False)
 
 
-def _scaled(gray: np.ndarray, low: float, high: float) -> np.ndarray:
-    """``gray`` mapped from [low, high] to [0, 1] and clipped."""
-    scaled = (gray - low) / max(float(high - low), 1e-6)
+def stretched(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` mapped from [low, high] to [0, 1] and clipped."""
+    scaled = (values - low) / max(float(high - low), 1e-6)
     return np.clip(scaled, 0.0, 1.0, out=scaled)
