@@ -150,11 +150,10 @@ def load_segmenter(
             f"{artifact}: this model only accepts {height}x{width} tiles; "
             f"it cannot use tile size {tile}"
         )
-    return Segmenter(
-        engine,
-        manifest,
-        tiles=TileSettings.from_manifest(
+    try:
+        tiles = TileSettings.from_manifest(
             manifest, size=tile, overlap=overlap, batch_size=batch_size
-        ),
-        test_time_flips=test_time_flips,
-    )
+        )
+    except ValueError as error:
+        raise ValueError(f"{artifact}: {error}") from error
+    return Segmenter(engine, manifest, tiles=tiles, test_time_flips=test_time_flips)

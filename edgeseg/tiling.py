@@ -50,12 +50,17 @@ class TileSettings:
     ) -> TileSettings:
         """The manifest's ``tile`` section, with any of its values overridden."""
         spec = manifest.get("tile", {})
-        return cls(
-            size=int(size or spec.get("size", cls.size)),
-            overlap=int(spec.get("overlap", cls.overlap) if overlap is None else overlap),
-            multiple=int(spec.get("multiple", cls.multiple)),
-            batch_size=int(batch_size or cls.batch_size),
-        )
+        try:
+            values = {
+                "size": int(size or spec.get("size", cls.size)),
+                "overlap": int(spec.get("overlap", cls.overlap) if overlap is None else overlap),
+                "multiple": int(spec.get("multiple", cls.multiple)),
+            }
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"the manifest's tile section must hold whole numbers: {spec}"
+            ) from error
+        return cls(**values, batch_size=int(batch_size or cls.batch_size))
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -265,7 +265,10 @@ class Exporter(BaseExporter):
                 f"{self.source}: export reads a Keras .keras model, a Mask R-CNN's "
                 "maskrcnn.json, or the TensorRT-ready .onnx of an earlier trt-* export"
             )
-        self.tiles = TileSettings.from_manifest(self.source_manifest)
+        try:
+            self.tiles = TileSettings.from_manifest(self.source_manifest)
+        except ValueError as error:  # a TensorRT-ready ONNX's manifest edited by hand
+            raise ExportError(f"{self.source}: {error}") from error
 
     def _keras_manifest(self) -> dict[str, Any]:
         """How the runtime runs the Keras source, to verify exports against it."""

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import synthetic_he, synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
-from edgeseg.manifest import ManifestError, read_manifest, write_manifest
+from edgeseg.manifest import ManifestError, manifest_path, read_manifest, write_manifest
 from edgeseg.preprocess import normalize, preprocess_spec, preprocessing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -157,6 +157,20 @@ def test_tensorrt_artifacts_carry_the_training_nucleus_size(outcomes: dict) -> N
     onnx_ready = outcomes["trt-int8"].artifacts[0]
     assert onnx_ready.manifest["nucleus_diameter"] == NUCLEUS_DIAMETER
     assert "nucleus_diameter" in INHERITED  # the engine built from it, on a TensorRT machine
+
+
+def test_a_tensorrt_ready_onnx_with_an_impossible_tiling_is_refused(
+    outcomes: dict, tmp_path: Path
+) -> None:
+    from export.pipeline import Exporter, ExportError
+
+    onnx_ready = outcomes["trt-int8"].artifacts[0]
+    edited = tmp_path / onnx_ready.path.name
+    shutil.copy(onnx_ready.path, edited)
+    manifest = {**onnx_ready.manifest, "tile": {"size": TILE, "overlap": TILE}}
+    manifest_path(edited).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=f"{edited}: tile size {TILE} must be larger"):
+        Exporter(edited, tmp_path)
 
 
 def test_int8_manifest_records_training_calibration(outcomes: dict, exporter) -> None:

@@ -98,6 +98,19 @@ def test_tile_options_override_the_manifest(onnx_model: Path, tmp_path: Path) ->
         load_segmenter(threshold_model(tmp_path / "fixed.onnx", tile=64), tile=128)
 
 
+@pytest.mark.parametrize(
+    ("tile", "message"),
+    [({"size": 64, "overlap": 64}, "larger than the tile overlap 64"), ({"size": "x"}, "whole")],
+)
+def test_a_manifest_tiling_that_cannot_work_names_the_model(
+    onnx_model: Path, tile: dict, message: str
+) -> None:
+    manifest = json.loads(manifest_path(onnx_model).read_text())
+    manifest_path(onnx_model).write_text(json.dumps({**manifest, "tile": tile}))
+    with pytest.raises(ValueError, match=f"{re.escape(str(onnx_model))}: .*{message}"):
+        load_segmenter(onnx_model)
+
+
 # --- built-in models, in a stand-in models folder ---
 
 
