@@ -200,11 +200,11 @@ def _read_tiff_plane(
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            same_shape = [s for s in tif.series if s.shape == series.shape]
-            if len(same_shape) > 1 and _plane_count(series.axes, series.shape) == 1:
-                # Pages written one by one (no stack metadata): each is its own series.
-                index = _pick_index(path, "page", page, len(same_shape), "pages")
-                series, page = same_shape[index], None
+            if len(tif.series) > 1 and _plane_count(series.axes, series.shape) == 1:
+                # Pages written one by one (no stack metadata, maybe of different sizes):
+                # each is its own series, and none is preferred silently.
+                index = _pick_index(path, "page", page, len(tif.series), "pages")
+                series, page = tif.series[index], None
             shape = tuple(series.shape)
             axes = _logical_axes(series.axes, shape)
             _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), max_megapixels)

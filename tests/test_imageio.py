@@ -97,6 +97,16 @@ def test_multipage_tiff_needs_and_honours_page(tmp_path: Path) -> None:
         assert (read_plane(path, page=count - 1) == (count - 1) * 50 + 7).all()
 
 
+def test_pages_of_different_sizes_are_never_picked_silently(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.tif"
+    tifffile.imwrite(path, np.full((40, 30), 9, np.uint8))
+    tifffile.imwrite(path, np.full((8, 6), 5, np.uint8), append=True)  # e.g. a thumbnail
+    with pytest.raises(ImageReadError, match="has 2 pages"):
+        read_plane(path)
+    assert read_plane(path, page=0).shape == (40, 30)
+    assert (read_plane(path, page=1) == 5).all()
+
+
 def test_ome_hyperstack_page_and_channel(tmp_path: Path) -> None:
     data = np.stack([_planes(2) + z * 1000 for z in range(3)])  # Z, C, Y, X
     path = tmp_path / "zc.ome.tif"
