@@ -688,7 +688,7 @@ def write_summary(
         for result in sorted(results, key=lambda r: r.job.index):
             writer.writerow(
                 [
-                    result.job.source,
+                    os.path.abspath(result.job.source),  # read back from any folder
                     result.job.stem,
                     "" if result.nuclei is None else result.nuclei,
                     "" if result.mean_area is None else round(result.mean_area, 2),

@@ -324,6 +324,27 @@ def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> Non
     ]
 
 
+def test_summary_rows_of_relative_paths_survive_a_run_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    _write_images(tmp_path / "other", 1)
+    settings = BatchSettings(output=tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    jobs = discover_images([Path("in/broken.png")])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    monkeypatch.chdir(tmp_path / "other")
+    jobs = discover_images([Path("img00.png")])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    rows = _summary(settings.output)
+    assert [(row["output_stem"], row["status"]) for row in rows] == [
+        ("img00", "ok"),
+        ("broken", "failed"),
+    ]
+    assert rows[1]["file"] == str(tmp_path / "in" / "broken.png")
+
+
 class _BlockedSegmenter(ThresholdSegmenter):
     """Inference of the first image waits for ``release``: a Ctrl-C then finds it in flight."""
 
