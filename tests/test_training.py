@@ -262,3 +262,58 @@ def test_model_card_reports_schedule_changes_and_wall_time_notes() -> None:
     ]
     assert "2.00 h on x86_64, 2 cores (CPU only, includes 12 min paused" in wall_time_line(state)
     assert schedule_change_lines({}) == []
+
+
+def _finished_run(run: Path, seed: int, **changes: Any) -> Path:
+    """A run folder as training leaves it, with an untrained tiny U-Net as its best model."""
+    import keras
+
+    from training.config import TrainConfig
+    from training.manifest import write_model_manifest
+    from training.models import build_model
+
+    config = TrainConfig(
+        model="unet", model_kwargs={"base_filters": 4, "depth": 2}, epochs=2, seed=seed
+    )
+    for key, value in changes.items():
+        setattr(config, key, value)
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json())
+    state = {"epoch": 2, "best_epoch": 2, "wall_seconds": 60.0, "machine": "test"}
+    (run / "state.json").write_text(json.dumps(state))
+    keras.utils.set_random_seed(seed)
+    build_model(config.model, **config.model_kwargs).save(run / "model.keras")
+    write_model_manifest(run)
+    return run
+
+
+def test_an_ensemble_averages_its_members_in_one_model_the_runtime_runs(tmp_path: Path) -> None:
+    from edgeseg.segmenter import load_segmenter
+    from training.card import render_card
+    from training.ensemble import EnsembleError, write_ensemble
+
+    runs = [_finished_run(tmp_path / f"seed{seed}", seed) for seed in (1, 2)]
+    out = tmp_path / "ensemble"
+    manifest = json.loads(write_ensemble(out, runs).read_text())
+    image, _ = synthetic_nuclei((48, 64), seed=3)
+    members = [load_segmenter(run / "model.keras").predict_probabilities(image) for run in runs]
+    assert not np.allclose(members[0], members[1])
+    averaged = load_segmenter(out / "model.keras").predict_probabilities(image)
+    np.testing.assert_allclose(averaged, (members[0] + members[1]) / 2, atol=1e-6)
+    single = json.loads((runs[0] / "model.keras.json").read_text())
+    assert manifest["params"] == 2 * single["params"]
+    assert manifest["flops_per_tile"] == 2 * single["flops_per_tile"]
+    assert manifest["tile"]["multiple"] == single["tile"]["multiple"]
+    assert [member["seed"] for member in manifest["training"]["members"]] == [1, 2]
+    card = render_card(out)
+    assert "seeds 1, 2" in card and f"`{runs[1]}`" in card and "Final training loss" not in card
+
+    with pytest.raises(EnsembleError, match="differs from .* in model_kwargs"):
+        write_ensemble(
+            tmp_path / "mixed",
+            [runs[0], _finished_run(tmp_path / "wide", 3, model_kwargs={"base_filters": 8})],
+        )
+    unfinished = _finished_run(tmp_path / "unfinished", 4)
+    (unfinished / "state.json").write_text(json.dumps({"epoch": 1, "best_epoch": 1}))
+    with pytest.raises(EnsembleError, match="not finished .1 of 2 epochs"):
+        write_ensemble(tmp_path / "early", [runs[0], unfinished])

@@ -50,10 +50,41 @@ def _selected_epoch(state: dict, tuned: bool) -> str:
         if tuned
         else "post-processing thresholds the best of the per-epoch grid (not tuned further)"
     )
+    if "members" in state:  # training.ensemble
+        epochs = ", ".join(str(member["best_epoch"]) for member in state["members"])
+        return f"each member's best epoch on validation ({epochs}), {thresholds}"
     return (
         f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
         f"DSB score), {thresholds}"
     )
+
+
+def training_lines(config: TrainConfig, state: dict, run_dir: Path) -> list[str]:
+    """How the weights were made: one run's schedule, or the runs an ensemble averages."""
+    seeds = f"seed {config.seed}"
+    lines = []
+    if "members" in state:
+        seeds = "seeds " + ", ".join(str(member["seed"]) for member in state["members"])
+        runs = ", ".join(f"`{member['run']}`" for member in state["members"])
+        lines.append(
+            f"- Ensemble: the probabilities of {runs} averaged in one network "
+            "(training.ensemble); each member trained as below."
+        )
+    lines.append(
+        f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
+        f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
+        f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, {seeds}, "
+        f"float32; {_selected_epoch(state, (run_dir / 'postprocess.json').is_file())}."
+    )
+    lines += schedule_change_lines(state)
+    lines.append(wall_time_line(state))
+    log = run_dir / "log.csv"
+    if log.is_file():
+        rows = list(csv.DictReader(log.open()))
+        lines.append(
+            f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch)."
+        )
+    return lines
 
 
 def data_line(data_copy: str) -> str:
@@ -125,7 +156,6 @@ def render_card(run_dir: Path) -> str:
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())
-    rows = list(csv.DictReader((run_dir / "log.csv").open()))
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     evaluations = read_evaluations(run_dir)
     validation = evaluations.get("validation", state.get("best_metrics", {}))
@@ -141,13 +171,7 @@ def render_card(run_dir: Path) -> str:
         f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
         f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
         data_line(config.data_copy),
-        f"- Training: {state['epoch']} of {config.epochs} epochs x {config.steps_per_epoch} steps "
-        f"x batch {config.batch_size}, {config.augment.crop}px crops, Adam "
-        f"{config.learning_rate:g} cosine to {config.min_learning_rate:g}, seed {config.seed}, "
-        f"float32; {_selected_epoch(state, tuned.is_file())}.",
-        *schedule_change_lines(state),
-        wall_time_line(state),
-        f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch).",
+        *training_lines(config, state, run_dir),
         "",
     ]
     lines += results_tables(run_dir, evaluations, validation)

@@ -63,6 +63,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
             "data_copy": config.data_copy,
             "best_epoch": state["best_epoch"],
             "validation": state.get("best_metrics", {}),
+            **({"members": state["members"]} if "members" in state else {}),  # an ensemble's
         },
         **measured,
     )
