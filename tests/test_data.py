@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -63,6 +64,7 @@ def test_plain_layout(tmp_path: Path) -> None:
     ("breakage", "message"),
     [
         ("no_images_folder", "missing images/ folder"),
+        ("no_masks_folder", "no masks/ folder"),
         ("empty_mask", "empty mask"),
         ("wrong_size_mask", "differs from image"),
         ("corrupt_png", "unreadable or corrupt"),
@@ -75,6 +77,9 @@ def test_check_names_the_bad_file(kaggle_root: Path, breakage: str, message: str
         for path in (sample_dir / "images").iterdir():
             path.unlink()
         (sample_dir / "images").rmdir()
+        culprit = sample_dir
+    elif breakage == "no_masks_folder":  # the ground truth was never copied
+        shutil.rmtree(sample_dir / "masks")
         culprit = sample_dir
     elif breakage == "empty_mask":
         cv2.imwrite(str(mask), np.zeros((64, 80), np.uint8))
@@ -110,6 +115,19 @@ def test_cache_is_keyed_by_content(kaggle_root: Path, tmp_path: Path) -> None:
     assert not np.array_equal(first[2].labels, second[2].labels)
     np.testing.assert_array_equal(first[0].labels, second[0].labels)
     assert [s.id for s in load_dataset(kaggle_root, cache, ids=["id1"])] == ["id1"]
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a zip", b"PK\x03\x04 cut short"])
+def test_a_damaged_cache_file_is_rebuilt(kaggle_root: Path, tmp_path: Path, damage: bytes) -> None:
+    cache = tmp_path / "cache"
+    expected = load_dataset(kaggle_root, cache)
+    (cached,) = cache.glob("*.npz")
+    cached.write_bytes(damage)  # a full disk or a killed process while it was written
+    with pytest.warns(UserWarning, match=f"{cached.name}.*rebuilding"):
+        again = load_dataset(kaggle_root, cache)
+    assert [s.id for s in again] == [s.id for s in expected]
+    np.testing.assert_array_equal(again[1].labels, expected[1].labels)
+    assert load_dataset(kaggle_root, cache)[1].image.shape == expected[1].image.shape
 
 
 def test_fixed_split_is_disjoint_and_complete() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,10 +44,10 @@ def load_dataset(
     else:
         key = content_hash(root, refs)[:16]
         cache_path = Path(cache_dir) / f"{root.name}-{key}.npz"
-        if not cache_path.is_file():
+        samples = _read_cache(cache_path) if cache_path.is_file() else None
+        if samples is None:
             samples = [load_sample(ref) for ref in refs]
             _write_cache(cache_path, samples)
-        samples = _read_cache(cache_path)
     if ids is None:
         return samples
     wanted = set(ids)
@@ -66,7 +68,15 @@ def _write_cache(path: Path, samples: list[Sample]) -> None:
     os.replace(temporary, path)
 
 
-def _read_cache(path: Path) -> list[Sample]:
-    with np.load(path) as archive:
-        ids = sorted(name.split("/", 1)[1] for name in archive.files if name.startswith("image/"))
-        return [Sample(i, archive[f"image/{i}"], archive[f"labels/{i}"]) for i in ids]
+def _read_cache(path: Path) -> list[Sample] | None:
+    """The cached samples, or None when the file is damaged (then it is rebuilt, not trusted
+    and not left to break every later run)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            ids = sorted(
+                name.split("/", 1)[1] for name in archive.files if name.startswith("image/")
+            )
+            return [Sample(i, archive[f"image/{i}"], archive[f"labels/{i}"]) for i in ids]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"{path}: damaged decode cache ({error}); rebuilding it", stacklevel=3)
+        return None

@@ -59,7 +59,12 @@ def _kaggle_refs(root: Path) -> list[SampleRef]:
                 raise DatasetError(f"{images_dir}: expected one image named {image_path.name}")
             image_path = found[0]
         masks_dir = sample_dir / "masks"
-        mask_paths = tuple(sorted(masks_dir.glob("*.png"))) if masks_dir.is_dir() else ()
+        if not masks_dir.is_dir():  # Kaggle's first stage1_test release came without masks
+            raise DatasetError(
+                f"{sample_dir}: no masks/ folder, so no ground truth to train or score with "
+                "(an image without nuclei has an empty masks/ folder)"
+            )
+        mask_paths = tuple(sorted(masks_dir.glob("*.png")))
         refs.append(SampleRef(sample_dir.name, image_path, mask_paths=mask_paths))
     return refs
 
