@@ -424,8 +424,10 @@ class Exporter(BaseExporter):
 
 
 def _load_keras(path: Path) -> Any:
-    import keras
-
     import training.losses  # noqa: F401  (registers the custom loss a checkpoint may name)
+    from edgeseg.backends.keras import load_keras_file
 
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return load_keras_file(path)
+    except ValueError as error:  # a damaged file, named
+        raise ExportError(str(error)) from error

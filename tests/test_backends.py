@@ -301,6 +301,19 @@ def test_litert_uses_every_core_unless_told(keras_exports: dict, monkeypatch) ->
 
 
 @pytest.mark.tensorflow
+def test_a_cut_short_keras_file_is_named_as_such(keras_exports: dict, tmp_path: Path) -> None:
+    from export.pipeline import Exporter, ExportError
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(keras_exports["keras"].read_bytes()[:2000])  # a copy that stopped early
+    write_manifest(model, backend="keras")  # its hash matches: only the archive tells
+    with pytest.raises(ValueError, match=f"{model}: not a complete .keras file"):
+        load_backend(model)
+    with pytest.raises(ExportError, match=f"{model}: not a complete .keras file"):
+        Exporter(model, tmp_path / "out")
+
+
+@pytest.mark.tensorflow
 def test_keras_backend_matches_keras(keras_exports: dict) -> None:
     backend = load_backend(keras_exports["keras"])
     batch = np.random.default_rng(5).random((2, 16, 24, 1), dtype=np.float32)

@@ -7,6 +7,7 @@ extra is installed and says so clearly elsewhere.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,28 @@ import numpy as np
 from edgeseg.backends.base import Backend, BackendUnavailable
 
 
+def load_keras_file(path: Path) -> Any:
+    """The model in a .keras file; a damaged file is named as such (Keras itself reports a
+    truncated archive as "File not found")."""
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: not a complete .keras file (a Keras model is a zip archive; this one "
+            "is cut short or is not a Keras model)"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a model it cannot rebuild
+        raise ValueError(f"{path}: Keras cannot load this model ({error})") from error
+
+
 class KerasBackend(Backend):
     name = "keras"
 
     def __init__(self, path: Path, manifest: Mapping[str, Any], threads: int | None = None):
         try:
-            import keras
+            import keras  # noqa: F401  (the Keras 3 API this backend loads with)
             import tensorflow as tf
         except ImportError as error:
             raise BackendUnavailable(
@@ -36,7 +53,7 @@ class KerasBackend(Backend):
                     "TensorFlow is already initialised: threads setting ignored", stacklevel=2
                 )
         # Keras loads from a path only; load_backend verified this file's sha256 just before.
-        self._adopt(keras.saving.load_model(path, compile=False))
+        self._adopt(load_keras_file(path))
 
     @classmethod
     def from_model(cls, model: Any) -> KerasBackend:
