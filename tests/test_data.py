@@ -140,6 +140,30 @@ def test_fixed_split_is_disjoint_and_complete() -> None:
     assert len(validation) == 67
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "unreadable split file"),
+        ("[]", "non-empty 'train' list"),
+        ('{"train": ["a"]}', "non-empty 'validation' list"),
+        ('{"train": ["a"], "validation": []}', "non-empty 'validation' list"),
+        ('{"train": ["a"], "validation": "b"}', "non-empty 'validation' list"),
+        ('{"train": ["a", "b"], "validation": ["b"]}', "in both train and validation: .'b'"),
+    ],
+)
+def test_a_split_file_that_cannot_work_is_refused(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    from training.split import load_split
+
+    path = tmp_path / "split.json"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=f"{path}: .*{message}"):
+        load_split(path)
+    path.write_text('{"train": ["a"], "validation": ["b"]}')
+    assert load_split(path)["validation"] == ["b"]
+
+
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such folder"):
         find_samples(tmp_path / "nope")

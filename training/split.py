@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.dataset import find_samples
+from edgeseg.data.dataset import DatasetError, find_samples
 from edgeseg.imageio import read_image
 from edgeseg.preprocess import image_kind
 
@@ -47,7 +47,20 @@ def make_split(train_dir: Path, fixed_dir: Path, seed: int = SEED) -> dict:
 
 
 def load_split(path: Path = SPLIT_FILE) -> dict:
-    return json.loads(path.read_text())
+    """The split in ``path``, refused (naming the file) unless it has non-empty, disjoint
+    ``train`` and ``validation`` lists of ids: an empty validation list would skip the
+    verification of every export made with it."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: unreadable split file ({error})") from error
+    for key in ("train", "validation"):
+        ids = split.get(key) if isinstance(split, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise DatasetError(f"{path}: a split file needs a non-empty {key!r} list of ids")
+    if shared := sorted(set(split["train"]) & set(split["validation"])):
+        raise DatasetError(f"{path}: ids in both train and validation: {shared[:3]}")
+    return split
 
 
 if __name__ == "__main__":
