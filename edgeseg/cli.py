@@ -18,7 +18,22 @@ from edgeseg.commands.train import train
 from edgeseg.commands.watch import watch
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The command group, turning a file system refusal anywhere in a command (a folder that
+    cannot be written, a path inside /proc) into the one-line error click prints."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            raise click.ClickException(f"{where}{error.strerror or error}") from error
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="edgeseg")
 def main() -> None:
     """Offline nucleus segmentation for microscopy images.

@@ -202,6 +202,28 @@ def test_an_artifacts_folder_without_models_is_refused(tmp_path: Path) -> None:
         discover(artifact_paths=[tmp_path / "empty"])
 
 
+def test_an_unwritable_out_is_refused_before_any_benchmark(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    args = ["bench", "--quick", "--data", str(tmp_path), "--out", str(tmp_path / "file" / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'file' / 'out'}: cannot write the results there" in result.output
+    assert "[1/" not in result.output  # nothing was benchmarked first
+
+
+def test_a_model_that_fails_makes_the_run_fail_after_writing_its_row(tmp_path: Path) -> None:
+    _dataset(tmp_path / "data", count=2)
+    model = threshold_model(tmp_path / "artifacts" / "threshold.onnx")
+    model.write_bytes(model.read_bytes()[:100] + b"tampered")
+    args = ["bench", "--quick", "--artifacts", str(tmp_path / "artifacts"), "--models", MODEL]
+    args += ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1
+    assert f"1 of 1 failed: {MODEL} onnx-fp32" in result.output
+    (record,) = json.loads((tmp_path / "out" / "bench.json").read_text())["records"]
+    assert record["status"] == "failed" and "sha256" in record["reason"]
+
+
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--targets", "onnx-fp8"])
     assert result.exit_code == 2 and "onnx-fp8" in result.output

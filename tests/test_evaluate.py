@@ -82,6 +82,18 @@ def test_eval_writes_json_equal_to_direct_scores(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["scores.json"]
 
 
+def test_a_json_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    truth = _plain_dataset(tmp_path / "data")
+    _write_predictions(tmp_path / "pred", truth)
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "scores.json"
+    pred, data, cache = (str(tmp_path / name) for name in ("pred", "data", "cache"))
+    result = _run(pred, "--data", data, "--json", str(blocked), "--cache-dir", cache)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith(f"Error: {tmp_path / 'file'}")
+    assert "Traceback" not in result.output
+
+
 def test_split_picks_the_stage1_folder(tmp_path):
     root = tmp_path / "dsb"
     test_truth = _kaggle_split(root / "stage1_test", ["t1", "t2"], seed=0)

@@ -116,9 +116,26 @@ def bench(
         settings = settings.quick()
     if repeats is not None:
         settings = replace(settings, repeats=repeats)
+    _check_writable(out)  # before the run, not after minutes of it
     try:
         result = run_bench(settings, progress=lambda line: click.echo(line, err=True))
     except (BenchError, DatasetError, EvaluationError) as error:
         raise click.ClickException(str(error)) from error
     for path in write_outputs(result, out):
         click.echo(f"wrote {path}")
+    failed = [r for r in result["records"] if r["status"] == "failed"]
+    if failed:  # a script running the benchmark must not take a broken model for a result
+        names = ", ".join(f"{r['model']} {r['target']}" for r in failed)
+        raise click.ClickException(f"{len(failed)} of {len(result['records'])} failed: {names}")
+
+
+def _check_writable(out: Path) -> None:
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise click.ClickException(
+            f"{out}: cannot write the results there ({error.strerror or error})"
+        ) from error

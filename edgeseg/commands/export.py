@@ -45,7 +45,8 @@ EXIT_REJECTED = 4
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="INT8 calibration crops (one tile each, from distinct training images).",
+    help="INT8 calibration crops: one random tile per training image, taking further tiles "
+    "from the same images only when the training split has fewer images than this.",
 )
 @click.option(
     "--verify-images",
