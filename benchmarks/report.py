@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.reference import SOURCE
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 from edgeseg.models import models_dir
 
 EMPTY = "—"

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.latency import summarize, time_calls
+from edgeseg.atomic import write_text
 
 #: The whole-image latency's input: the semantic models' tile size, so the rows compare.
 IMAGE_SIZE = (256, 256)
@@ -158,9 +159,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     spec_path, result_path = (Path(arg) for arg in (argv or sys.argv[1:]))
     result = run(json.loads(spec_path.read_text()))
-    temporary = result_path.with_name(result_path.name + ".part")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(temporary, result_path)
+    write_text(result_path, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.atomic import atomic_path
 from edgeseg.imageio import (
     DEFAULT_MAX_MEGAPIXELS,
     IMAGE_SUFFIXES,
     ImageReadError,
-    atomic_path,
     check_label_range,
     read_plane,
     write_labels,

@@ -8,9 +8,6 @@ truncated output that a re-run would trust.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,10 +15,10 @@ import cv2
 import numpy as np
 import tifffile
 
+from edgeseg.atomic import atomic_path
+
 TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
-_UMASK = os.umask(0o022)  # read once, while importing is single-threaded, and put back
-os.umask(_UMASK)
 
 
 class ImageReadError(ValueError):
@@ -59,24 +56,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif array.ndim == 3 and array.shape[2] == 4:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     return array
-
-
-@contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent
-    )
-    os.close(handle)
-    temporary_path = Path(temporary)
-    os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may need to read
-    try:
-        yield temporary_path
-        os.replace(temporary_path, final)
-    finally:
-        temporary_path.unlink(missing_ok=True)
 
 
 def check_label_range(labels: np.ndarray) -> None:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgeseg.atomic import write_text
+
 FORMAT_VERSION = 1
 OUTPUT_CHANNELS = ("foreground", "boundary")
 #: Sections the runtime reads as JSON objects, when a manifest has them.
@@ -49,11 +51,9 @@ def write_manifest(artifact: str | os.PathLike, **fields: Any) -> Path:
         "output_channels": list(OUTPUT_CHANNELS),
         **fields,
     }
-    path = manifest_path(artifact)
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
-    return path
+    return write_text(
+        manifest_path(artifact), json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.atomic import write_text
 from edgeseg.backends import BACKENDS
 from edgeseg.backends.base import (
     BackendUnavailable,
@@ -88,10 +89,7 @@ def write_maskrcnn_manifest(
         "graphs": entries,
         **fields,
     }
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
-    return path
+    return write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def read_maskrcnn_manifest(path: Path) -> dict[str, Any]:

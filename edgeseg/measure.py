@@ -16,7 +16,7 @@ import os
 import cv2
 import numpy as np
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 
 COLUMNS = (
     "label",

@@ -13,7 +13,7 @@ import os
 import cv2
 import numpy as np
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 from edgeseg.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, stretched, to_gray
 
 

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 from edgeseg.maskrcnn import MaskRCNNConfig
 from edgeseg.maskrcnn_model import (
     GRAPHS,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 
 OPSET = 17
 INPUT_NAME = "image"

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
+from edgeseg.atomic import atomic_path
 from edgeseg.data.dataset import Sample
-from edgeseg.imageio import atomic_path
 from edgeseg.manifest import file_sha256, manifest_path, read_manifest, write_manifest
 from edgeseg.models import is_maskrcnn
 from edgeseg.postprocess import PostprocessSettings

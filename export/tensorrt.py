@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 from export.targets import Precision
 
 OPT_BATCH = 4  # edgeseg.tiling's default tiles per call

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.imageio import atomic_path
+from edgeseg.atomic import atomic_path
 from export.targets import Precision
 
 INT8_QUANTIZATION = {

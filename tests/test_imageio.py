@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from edgeseg.imageio import ImageReadError, atomic_path, read_plane
+from edgeseg.atomic import atomic_path
+from edgeseg.imageio import ImageReadError, read_plane
+from edgeseg.manifest import manifest_path, write_manifest
 
 
 def _planes(count: int, shape: tuple[int, int] = (24, 32), dtype=np.uint16) -> np.ndarray:
@@ -150,3 +152,12 @@ def test_atomic_path_outputs_readable_by_others(tmp_path: Path) -> None:
     mode = (tmp_path / "out.txt").stat().st_mode
     assert mode & stat.S_IRUSR and mode & stat.S_IRGRP
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_manifest_that_cannot_be_written_leaves_nothing_half_written(tmp_path: Path) -> None:
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"model")
+    manifest_path(artifact).mkdir()  # something else already holds the manifest's name
+    with pytest.raises(OSError):
+        write_manifest(artifact, backend="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]

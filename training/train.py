@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.atomic import atomic_path
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
 from edgeseg.preprocess import image_kind, normalize, preprocess_spec
@@ -216,6 +217,5 @@ def inference_copy(model):
 
 
 def _atomic_save(model, path: Path) -> None:
-    temporary = path.with_name(f".{path.stem}.part.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        model.save(temporary)

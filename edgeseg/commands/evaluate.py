@@ -79,10 +79,11 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from edgeseg.atomic import write_text
     from edgeseg.data.cache import DEFAULT_CACHE_DIR
     from edgeseg.data.dataset import DatasetError
     from edgeseg.evaluate import EvaluationError, evaluate_folder
-    from edgeseg.imageio import ImageReadError, atomic_path
+    from edgeseg.imageio import ImageReadError
 
     try:
         result = evaluate_folder(
@@ -97,6 +98,5 @@ def evaluate(
         raise click.ClickException(str(error)) from error
     click.echo("\n".join(summary_lines(result)))
     if json_path is not None:
-        with atomic_path(json_path) as temporary:
-            temporary.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(json_path, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_path}")

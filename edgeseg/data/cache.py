@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.atomic import atomic_path
 from edgeseg.data.dataset import Sample, SampleRef, find_samples, load_sample
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
@@ -63,9 +64,8 @@ def _write_cache(path: Path, samples: list[Sample]) -> None:
     for sample in samples:
         arrays[f"image/{sample.id}"] = sample.image
         arrays[f"labels/{sample.id}"] = sample.labels
-    temporary = path.with_suffix(".part.npz")
-    np.savez_compressed(temporary, **arrays)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        np.savez_compressed(temporary, **arrays)
 
 
 def _read_cache(path: Path) -> list[Sample] | None:
