@@ -22,6 +22,9 @@ ImageKind = Literal["fluorescence", "brightfield", "stained"]
 StainedChannel = Literal["luma", "hematoxylin"]
 STAINED_CHANNELS: tuple[StainedChannel, ...] = ("luma", "hematoxylin")
 
+#: What `normalize` does, as manifests name it: a change to it must change these.
+PREPROCESS_NAME = "percentile-gray"
+PREPROCESS_VERSION = 1
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.8
 
@@ -38,15 +41,25 @@ def preprocess_spec(stained_channel: StainedChannel = "luma") -> dict[str, Any]:
 
     Luma models keep the section they always had, so their manifests stay byte-identical.
     """
-    spec: dict[str, Any] = {"name": "percentile-gray", "version": 1}
+    spec: dict[str, Any] = {"name": PREPROCESS_NAME, "version": PREPROCESS_VERSION}
     if stained_channel != "luma":
         spec["stained_channel"] = stained_channel
     return spec
 
 
 def preprocessing(manifest: Mapping[str, Any]) -> StainedChannel:
-    """The stained-image channel a model was trained on, from its manifest."""
-    channel = manifest.get("preprocess", {}).get("stained_channel", "luma")
+    """The stained-image channel a model was trained on, from its manifest; a model made for
+    another normalisation than `normalize` is refused, since it would run on input it never
+    saw and give wrong labels without an error."""
+    spec = manifest.get("preprocess", {})
+    made_for = (spec.get("name", PREPROCESS_NAME), spec.get("version", PREPROCESS_VERSION))
+    if made_for != (PREPROCESS_NAME, PREPROCESS_VERSION):
+        raise ValueError(
+            f"the model was made for input preprocessed as {made_for[0]!r} version "
+            f"{made_for[1]!r}; this edgeseg prepares images as {PREPROCESS_NAME!r} version "
+            f"{PREPROCESS_VERSION}"
+        )
+    channel = spec.get("stained_channel", "luma")
     return checked_stained_channel(channel, "the model manifest's preprocess.stained_channel")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
+from math import isfinite
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
     known = {field.name for field in fields(PostprocessSettings)}
     chosen = {key: value for key, value in spec.items() if key in known}
     for key, value in chosen.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
             raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
     return PostprocessSettings(**chosen)
 
@@ -150,10 +151,10 @@ def load_segmenter(
             f"{artifact}: this model only accepts {height}x{width} tiles; "
             f"it cannot use tile size {tile}"
         )
-    try:
+    try:  # the manifest's tiling, preprocessing and thresholds, checked: errors name the file
         tiles = TileSettings.from_manifest(
             manifest, size=tile, overlap=overlap, batch_size=batch_size
         )
+        return Segmenter(engine, manifest, tiles=tiles, test_time_flips=test_time_flips)
     except ValueError as error:
-        raise ValueError(f"{artifact}: {error}") from error
-    return Segmenter(engine, manifest, tiles=tiles, test_time_flips=test_time_flips)
+        raise ManifestError(f"{artifact}: {error}") from error

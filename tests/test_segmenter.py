@@ -176,7 +176,23 @@ def test_an_artifact_rejected_at_export_is_refused(tmp_path: Path) -> None:
     assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
 
 
-@pytest.mark.parametrize("value", ["8", True, None, [8]])
+def test_a_model_made_for_other_preprocessing_is_refused(onnx_model: Path) -> None:
+    manifest = json.loads(manifest_path(onnx_model).read_text())
+    manifest["preprocess"] = {"name": "zscore", "version": 1}
+    manifest_path(onnx_model).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=f"{re.escape(str(onnx_model))}: .*'zscore'"):
+        load_segmenter(onnx_model)
+
+
+def test_a_manifest_without_sha256_says_so(onnx_model: Path) -> None:
+    manifest = json.loads(manifest_path(onnx_model).read_text())
+    del manifest["sha256"]
+    manifest_path(onnx_model).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="manifest has no sha256"):
+        load_segmenter(onnx_model)
+
+
+@pytest.mark.parametrize("value", ["8", True, None, [8], float("nan"), float("inf")])
 def test_manifest_thresholds_must_be_numbers(value: object) -> None:
     with pytest.raises(
         ManifestError, match=re.escape(f"postprocess min_area must be a number, got {value!r}")

@@ -76,8 +76,10 @@ def read_verified(artifact: Path, manifest: Mapping[str, Any]) -> bytes:
         content = artifact.read_bytes()
     except OSError as error:
         raise ManifestError(f"{artifact}: cannot read the model file ({error.strerror})") from error
+    if not isinstance(manifest.get("sha256"), str):
+        raise ManifestError(f"{artifact}: its manifest has no sha256 to check the file against")
     actual = hashlib.sha256(content).hexdigest()
-    expected = str(manifest.get("sha256"))
+    expected = manifest["sha256"]
     if actual != expected:
         raise ManifestError(
             f"{artifact}: sha256 {actual[:12]}... does not match its manifest "
