@@ -58,6 +58,10 @@ class Configuration:
         return f"{self.model}/{self.target}"
 
 
+#: The target of an artifact whose manifest cannot be read.
+UNREADABLE = "?"
+
+
 def _has_nvidia_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
 
@@ -185,12 +189,15 @@ def discover(
         try:
             config = configuration(artifact, model)
         except ManifestError as error:
-            config = Configuration(model or artifact.stem, "?", artifact, unavailable=str(error))
+            config = Configuration(
+                model or artifact.stem, UNREADABLE, artifact, unavailable=str(error)
+            )
         found.setdefault(artifact.resolve(), config)
-    configs = [
+    configs = [  # an unreadable manifest names no model or target: shown whatever the filter
         c
         for c in found.values()
-        if (not models or c.model in models) and (not targets or c.target in targets)
+        if c.target == UNREADABLE
+        or ((not models or c.model in models) and (not targets or c.target in targets))
     ]
     present = {(c.model, c.target) for c in configs}
     for model in sorted({c.model for c in configs} | set(models)):

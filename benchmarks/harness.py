@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.complexity import complexity
-from benchmarks.discover import Configuration, discover
+from benchmarks.discover import UNREADABLE, Configuration, discover
 from benchmarks.environment import describe_environment
 from benchmarks.reference import reference_records
 from benchmarks.worker import IMAGE_SIZE
@@ -75,7 +75,8 @@ def _base_record(config: Configuration) -> dict[str, Any]:
         "artifact": str(config.artifact),
         "backend": config.backend,
         "export_check": verification.get("status"),  # the export gate's verdict, if any
-        "status": "unavailable",
+        # an artifact whose manifest cannot be read is broken, not merely unsupported here
+        "status": "failed" if config.target == UNREADABLE else "unavailable",
         "reason": config.unavailable,
     }
 

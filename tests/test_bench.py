@@ -20,7 +20,7 @@ from tiny_models import threshold_model
 
 from benchmarks.complexity import complexity, from_onnx
 from benchmarks.discover import discover
-from benchmarks.harness import _run_worker
+from benchmarks.harness import _base_record, _run_worker
 from benchmarks.plot import pareto_front
 from edgeseg.cli import main
 from edgeseg.imageio import read_plane, write_labels
@@ -222,6 +222,15 @@ def test_a_model_that_fails_makes_the_run_fail_after_writing_its_row(tmp_path: P
     assert f"1 of 1 failed: {MODEL} onnx-fp32" in result.output
     (record,) = json.loads((tmp_path / "out" / "bench.json").read_text())["records"]
     assert record["status"] == "failed" and "sha256" in record["reason"]
+
+
+def test_an_unreadable_manifest_is_listed_whatever_the_filter(tmp_path: Path) -> None:
+    model = threshold_model(tmp_path / "artifacts" / "threshold.onnx")
+    (tmp_path / "artifacts" / "threshold.onnx.json").write_text("{not json")
+    artifacts = [tmp_path / "artifacts"]
+    (config,) = discover(artifact_paths=artifacts, models=["unet"], include_builtin=False)
+    assert config.artifact == model and "unreadable manifest" in config.unavailable
+    assert _base_record(config)["status"] == "failed"  # broken, not merely unsupported here
 
 
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
