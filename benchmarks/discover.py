@@ -193,14 +193,15 @@ def discover(
                 model or artifact.stem, UNREADABLE, artifact, unavailable=str(error)
             )
         found.setdefault(artifact.resolve(), config)
-    configs = [  # an unreadable manifest names no model or target: shown whatever the filter
-        c
+    configs = [  # an artifact named on the command line whose manifest cannot be read names
+        c  # no model or target to filter by: it is shown, so the user learns why it failed
         for c in found.values()
-        if c.target == UNREADABLE
+        if (c.target == UNREADABLE and artifact_paths)
         or ((not models or c.model in models) and (not targets or c.target in targets))
     ]
     present = {(c.model, c.target) for c in configs}
-    for model in sorted({c.model for c in configs} | set(models)):
+    readable = {c.model for c in configs if c.target != UNREADABLE}
+    for model in sorted(readable | set(models)):
         for target in targets:
             if (model, target) not in present:
                 reason = f"no {target} artifact found for model {model}"

@@ -41,7 +41,7 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
-    from edgeseg.imageio import atomic_path
+    from edgeseg.atomic import atomic_path
 
     records: list[dict[str, Any]] = [r for r in result["records"] if r["status"] == "ok"]
     models = sorted({r["model"] for r in records})

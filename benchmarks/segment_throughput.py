@@ -27,6 +27,7 @@ from pathlib import Path
 
 import cv2
 
+from edgeseg.atomic import write_text
 from edgeseg.batch import walk_images
 from edgeseg.imageio import read_plane, write_labels
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
@@ -163,7 +164,7 @@ def main() -> None:
                     paths, args.model, args.threads, Path(scratch) / f"{name}-split"
                 ),
             }
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(args.out, json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 

@@ -4,8 +4,10 @@ a later run (or a resume) would trust."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,25 +15,37 @@ from pathlib import Path
 _UMASK = os.umask(0o022)  # read once, while importing is single-threaded, and put back
 os.umask(_UMASK)
 
+#: What the temporary files are called: ``.<stem>.<random>.part<suffix>``. The suffix stays
+#: last because libraries pick the format from it (numpy, Keras, OpenCV).
+TEMPORARY_GLOB = ".*.part*"
+
 
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
 
-    The temporary name, ``.<stem>.<random>.part<suffix>``, keeps the suffix (libraries pick
-    the format from it) and is what cleanup after a killed run looks for.
+    A failure of the file system names ``final``, the path the user knows, not the
+    temporary file.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent
-    )
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent
+        )
+    except FileExistsError as error:  # mkdir met a file where a folder must be
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(final.parent)) from error
+    except OSError as error:
+        raise _naming(error, final) from error
     os.close(handle)
     temporary_path = Path(temporary)
-    os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may need to read
     try:
+        os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may need it
         yield temporary_path
-        os.replace(temporary_path, final)
+        try:
+            os.replace(temporary_path, final)
+        except OSError as error:
+            raise _naming(error, final) from error
     finally:
         temporary_path.unlink(missing_ok=True)
 
@@ -41,3 +55,24 @@ def write_text(final: str | os.PathLike, text: str) -> Path:
     with atomic_path(final) as temporary:
         temporary.write_text(text)
     return Path(final)
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> None:
+    """Delete the temporary files a killed process left in ``folder``.
+
+    ``older_than_s`` spares files young enough to belong to a writer still at work (a
+    decode cache or a run folder that another process may be writing).
+    """
+    if not folder.is_dir():
+        return
+    cutoff = time.time() - older_than_s
+    for path in folder.glob(TEMPORARY_GLOB):
+        try:
+            if path.is_file() and path.stat().st_mtime <= cutoff:
+                path.unlink()
+        except FileNotFoundError:  # its writer finished or cleaned up meanwhile
+            continue
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    return type(error)(error.errno, error.strerror, str(path))

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path
+from edgeseg.atomic import atomic_path, remove_stale_temporaries
 from edgeseg.imageio import (
     DEFAULT_MAX_MEGAPIXELS,
     IMAGE_SUFFIXES,
@@ -382,13 +382,6 @@ def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[s
     )
 
 
-def remove_stale_temporaries(output: Path) -> None:
-    """Delete half-written files a killed run left (atomic_path names them ``.*.part.*``)."""
-    for folder in (output, output / DONE_DIR):
-        for path in folder.glob(".*.part.*") if folder.is_dir() else ():
-            path.unlink(missing_ok=True)
-
-
 @dataclass
 class _Work:
     """One image travelling through the pipeline."""
@@ -488,7 +481,8 @@ def run_batch(
     is interrupted; rows of earlier runs for other images of OUT stay in it.
     """
     settings.output.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(settings.output)
+    for folder in (settings.output, settings.output / DONE_DIR):  # a killed run's leftovers
+        remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint(segmenter.manifest)
     results = list(plan.skipped)
     earlier = earlier_rows(settings, [*plan.todo, *(result.job for result in plan.skipped)])

@@ -6,6 +6,8 @@ they run, so `edgeseg --help` is instant and works on a runtime-only install.
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 from edgeseg import __version__
@@ -26,8 +28,11 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except OSError as error:
-            where = f"{error.filename}: " if error.filename else ""
-            raise click.ClickException(f"{where}{error.strerror or error}") from error
+            # Only refusals about a path the user gave; a closed pipe (`| head`) is click's
+            # to end quietly, and anything else is a fault whose traceback must be seen.
+            if error.filename is None or error.errno == errno.EPIPE:
+                raise
+            raise click.ClickException(f"{error.filename}: {error.strerror}") from error
 
 
 @click.group(

@@ -1,7 +1,7 @@
 """Reading images and writing label images the way microscopy tools expect.
 
 Every read error names the file: a technician with 500 images must know which one is bad.
-Writes go to a temporary file that is renamed into place, so a crash never leaves a
+Label images are written whole or not at all (edgeseg.atomic), so a crash never leaves a
 truncated output that a re-run would trust.
 """
 
@@ -178,12 +178,15 @@ def _read_tiff_plane(
     """Read only the TIFF page(s) needed, using tifffile's axes (ImageJ, OME, shaped)."""
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            if len(tif.series) > 1 and _plane_count(series.axes, series.shape) == 1:
+            # Thumbnails and previews are flagged reduced-resolution: never the image.
+            images = [s for s in tif.series if not s.keyframe.is_reduced] or tif.series
+            series = images[0]
+            if len(images) > 1 and _plane_count(series.axes, series.shape) == 1:
                 # Pages written one by one (no stack metadata, maybe of different sizes):
                 # each is its own series, and none is preferred silently.
-                index = _pick_index(path, "page", page, len(tif.series), "pages")
-                series, page = tif.series[index], None
+                sizes = ", ".join("x".join(map(str, s.shape)) for s in images)
+                index = _pick_index(path, "page", page, len(images), f"pages ({sizes})")
+                series, page = images[index], None
             shape = tuple(series.shape)
             axes = _logical_axes(series.axes, shape)
             _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), max_megapixels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,20 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str,
         raise ManifestError(f"{path}: unreadable manifest ({error})") from error
     check_layout(manifest, path)
     if verify:
-        actual = file_sha256(artifact)
-        if actual != manifest.get("sha256"):
-            raise ManifestError(
-                f"{artifact}: sha256 {actual[:12]}... does not match its manifest "
-                f"({str(manifest.get('sha256'))[:12]}...): the file was modified or corrupted; "
-                "refusing to load it"
-            )
+        check_sha256(artifact, file_sha256(artifact), manifest)
     return manifest
+
+
+def check_sha256(artifact: Path, actual: str, manifest: Mapping[str, Any]) -> None:
+    """Refuse ``artifact`` (whose bytes hash to ``actual``) unless its manifest says so."""
+    expected = manifest.get("sha256")
+    if not isinstance(expected, str):
+        raise ManifestError(f"{artifact}: its manifest has no sha256 to check the file against")
+    if actual != expected:
+        raise ManifestError(
+            f"{artifact}: sha256 {actual[:12]}... does not match its manifest "
+            f"({expected[:12]}...): the file was modified or corrupted; refusing to load it"
+        )
 
 
 def check_layout(manifest: Any, path: Path) -> None:

@@ -312,6 +312,10 @@ def load_maskrcnn(
     manifest = read_maskrcnn_manifest(path)
     if not allow_rejected:
         refuse_rejected(path, manifest)
+    try:  # before three graphs are loaded for nothing
+        preprocessing(manifest)
+    except ManifestError as error:
+        raise ManifestError(f"{path}: {error}") from error
     stages = [
         _load_graph(path.parent, manifest["graphs"][name], backend, threads) for name in GRAPHS
     ]

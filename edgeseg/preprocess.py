@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeseg.manifest import ManifestError
+
 ImageKind = Literal["fluorescence", "brightfield", "stained"]
 StainedChannel = Literal["luma", "hematoxylin"]
 STAINED_CHANNELS: tuple[StainedChannel, ...] = ("luma", "hematoxylin")
@@ -54,7 +56,7 @@ def preprocessing(manifest: Mapping[str, Any]) -> StainedChannel:
     spec = manifest.get("preprocess", {})
     made_for = (spec.get("name", PREPROCESS_NAME), spec.get("version", PREPROCESS_VERSION))
     if made_for != (PREPROCESS_NAME, PREPROCESS_VERSION):
-        raise ValueError(
+        raise ManifestError(
             f"the model was made for input preprocessed as {made_for[0]!r} version "
             f"{made_for[1]!r}; this edgeseg prepares images as {PREPROCESS_NAME!r} version "
             f"{PREPROCESS_VERSION}"

@@ -50,17 +50,22 @@ class TileSettings:
     ) -> TileSettings:
         """The manifest's ``tile`` section, with any of its values overridden."""
         spec = manifest.get("tile", {})
-        try:
-            values = {
-                "size": int(size or spec.get("size", cls.size)),
-                "overlap": int(spec.get("overlap", cls.overlap) if overlap is None else overlap),
-                "multiple": int(spec.get("multiple", cls.multiple)),
-            }
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"the manifest's tile section must hold whole numbers: {spec}"
-            ) from error
-        return cls(**values, batch_size=int(batch_size or cls.batch_size))
+        values = {
+            "size": size or spec.get("size", cls.size),
+            "overlap": spec.get("overlap", cls.overlap) if overlap is None else overlap,
+            "multiple": spec.get("multiple", cls.multiple),
+        }
+        if not all(_is_whole(value) for value in values.values()):
+            raise ValueError(f"the manifest's tile section must hold whole numbers: {spec}")
+        whole = {key: int(value) for key, value in values.items()}
+        return cls(**whole, batch_size=int(batch_size or cls.batch_size))
+
+
+def _is_whole(value: Any) -> bool:
+    """An int, or a float equal to one (JSON writers differ); never a bool, NaN or infinity."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or value.is_integer()
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -24,7 +24,13 @@ from typing import Any
 from edgeseg import __version__
 from edgeseg.atomic import atomic_path
 from edgeseg.data.dataset import Sample
-from edgeseg.manifest import file_sha256, manifest_path, read_manifest, write_manifest
+from edgeseg.manifest import (
+    ManifestError,
+    file_sha256,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from edgeseg.models import is_maskrcnn
 from edgeseg.postprocess import PostprocessSettings
 from edgeseg.preprocess import preprocessing
@@ -177,6 +183,10 @@ class BaseExporter:
         # Intermediate models shared by the targets; removed with the exporter.
         self._scratch = tempfile.TemporaryDirectory(prefix="edgeseg-export-")
         self._open_source()
+        try:  # a model made for other input would calibrate and verify on wrong images
+            preprocessing(self.source_manifest)
+        except ManifestError as error:
+            raise ExportError(f"{self.source}: {error}") from error
 
     def _open_source(self) -> None:
         """Read the source model (and refuse one that cannot be exported)."""

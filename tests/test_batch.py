@@ -342,7 +342,7 @@ def test_summary_rows_of_relative_paths_survive_a_run_from_another_folder(
         ("img00", "ok"),
         ("broken", "failed"),
     ]
-    assert rows[1]["file"] == str(tmp_path / "in" / "broken.png")
+    assert rows[1]["file"] == str((tmp_path / "in" / "broken.png").resolve())
 
 
 class _BlockedSegmenter(ThresholdSegmenter):

@@ -228,7 +228,12 @@ def test_an_unreadable_manifest_is_listed_whatever_the_filter(tmp_path: Path) ->
     model = threshold_model(tmp_path / "artifacts" / "threshold.onnx")
     (tmp_path / "artifacts" / "threshold.onnx.json").write_text("{not json")
     artifacts = [tmp_path / "artifacts"]
-    (config,) = discover(artifact_paths=artifacts, models=["unet"], include_builtin=False)
+    found = discover(artifact_paths=artifacts, models=["unet"], targets=["onnx-fp32"])
+    (config, missing) = sorted(found, key=lambda c: c.target)  # no row invented for "threshold"
+    assert (missing.model, missing.target) == (
+        "unet",
+        "onnx-fp32",
+    ) and "no onnx-fp32" in missing.unavailable
     assert config.artifact == model and "unreadable manifest" in config.unavailable
     assert _base_record(config)["status"] == "failed"  # broken, not merely unsupported here
 

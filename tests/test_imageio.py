@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 import cv2
@@ -10,9 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from edgeseg.atomic import atomic_path
 from edgeseg.imageio import ImageReadError, read_plane
-from edgeseg.manifest import manifest_path, write_manifest
 
 
 def _planes(count: int, shape: tuple[int, int] = (24, 32), dtype=np.uint16) -> np.ndarray:
@@ -102,11 +99,15 @@ def test_multipage_tiff_needs_and_honours_page(tmp_path: Path) -> None:
 def test_pages_of_different_sizes_are_never_picked_silently(tmp_path: Path) -> None:
     path = tmp_path / "mixed.tif"
     tifffile.imwrite(path, np.full((40, 30), 9, np.uint8))
-    tifffile.imwrite(path, np.full((8, 6), 5, np.uint8), append=True)  # e.g. a thumbnail
-    with pytest.raises(ImageReadError, match="has 2 pages"):
+    tifffile.imwrite(path, np.full((8, 6), 5, np.uint8), append=True)  # e.g. a second field
+    with pytest.raises(ImageReadError, match=r"has 2 pages \(40x30, 8x6\)"):
         read_plane(path)
     assert read_plane(path, page=0).shape == (40, 30)
     assert (read_plane(path, page=1) == 5).all()
+    marked = tmp_path / "with_thumbnail.tif"
+    tifffile.imwrite(marked, np.full((40, 30), 9, np.uint8))
+    tifffile.imwrite(marked, np.full((8, 6), 5, np.uint8), append=True, subfiletype=1)
+    assert read_plane(marked).shape == (40, 30)  # a page flagged reduced-resolution is no image
 
 
 def test_ome_hyperstack_page_and_channel(tmp_path: Path) -> None:
@@ -144,20 +145,3 @@ def test_corrupt_file_names_the_file(tmp_path: Path, name: str) -> None:
     with pytest.raises(ImageReadError) as error:
         read_plane(tmp_path / name)
     assert name in str(error.value)
-
-
-def test_atomic_path_outputs_readable_by_others(tmp_path: Path) -> None:
-    with atomic_path(tmp_path / "out.txt") as temporary:
-        temporary.write_text("x")
-    mode = (tmp_path / "out.txt").stat().st_mode
-    assert mode & stat.S_IRUSR and mode & stat.S_IRGRP
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-
-
-def test_a_manifest_that_cannot_be_written_leaves_nothing_half_written(tmp_path: Path) -> None:
-    artifact = tmp_path / "model.onnx"
-    artifact.write_bytes(b"model")
-    manifest_path(artifact).mkdir()  # something else already holds the manifest's name
-    with pytest.raises(OSError):
-        write_manifest(artifact, backend="onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]

@@ -100,7 +100,13 @@ def test_tile_options_override_the_manifest(onnx_model: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("tile", "message"),
-    [({"size": 64, "overlap": 64}, "larger than the tile overlap 64"), ({"size": "x"}, "whole")],
+    [
+        ({"size": 64, "overlap": 64}, "larger than the tile overlap 64"),
+        ({"size": "x"}, "whole"),
+        ({"size": float("inf")}, "whole"),
+        ({"size": 256.5}, "whole"),
+        ({"multiple": True}, "whole"),
+    ],
 )
 def test_a_manifest_tiling_that_cannot_work_names_the_model(
     onnx_model: Path, tile: dict, message: str
@@ -176,12 +182,19 @@ def test_an_artifact_rejected_at_export_is_refused(tmp_path: Path) -> None:
     assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
 
 
-def test_a_model_made_for_other_preprocessing_is_refused(onnx_model: Path) -> None:
+@pytest.mark.parametrize("made_for", [{"name": "zscore"}, {"version": 2}])
+def test_a_model_made_for_other_preprocessing_is_refused(onnx_model: Path, made_for: dict) -> None:
+    from export.pipeline import Exporter, ExportError
+
     manifest = json.loads(manifest_path(onnx_model).read_text())
-    manifest["preprocess"] = {"name": "zscore", "version": 1}
+    manifest["preprocess"] = {**manifest["preprocess"], **made_for}
+    manifest["target"] = "trt-fp16"  # a TensorRT-ready ONNX: export would build its engine
     manifest_path(onnx_model).write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match=f"{re.escape(str(onnx_model))}: .*'zscore'"):
+    named = f"{re.escape(str(onnx_model))}: the model was made for input preprocessed as"
+    with pytest.raises(ManifestError, match=named):
         load_segmenter(onnx_model)
+    with pytest.raises(ExportError, match=named):
+        Exporter(onnx_model, onnx_model.parent / "out")
 
 
 def test_a_manifest_without_sha256_says_so(onnx_model: Path) -> None:

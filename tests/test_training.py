@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
@@ -306,7 +307,24 @@ def test_an_ensemble_averages_its_members_in_one_model_the_runtime_runs(tmp_path
     assert manifest["tile"]["multiple"] == single["tile"]["multiple"]
     assert [member["seed"] for member in manifest["training"]["members"]] == [1, 2]
     card = render_card(out)
-    assert "seeds 1, 2" in card and f"`{runs[1]}`" in card and "Final training loss" not in card
+    assert "seeds 1, 2" in card and "`seed2`" in card and "Final training loss" not in card
+    assert "default post-processing thresholds (not tuned yet)" in card
+    from edgeseg.cli import main  # exported as any model: the averaging is an ONNX graph too
+
+    result = CliRunner().invoke(
+        main, ["export", "--model", str(out / "model.keras"), "--target", "onnx-fp32", "--out",
+               str(tmp_path / "exported")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tile, _ = synthetic_nuclei((256, 256), seed=4)  # one export tile: padded alike by both
+    exported = load_segmenter(tmp_path / "exported" / "ensemble-onnx-fp32.onnx")
+    np.testing.assert_allclose(
+        exported.predict_probabilities(tile),
+        load_segmenter(out / "model.keras").predict_probabilities(tile),
+        atol=1e-4,
+    )
+    with pytest.raises(EnsembleError, match="exists; choose a new folder"):
+        write_ensemble(out, runs)
 
     with pytest.raises(EnsembleError, match="differs from .* in model_kwargs"):
         write_ensemble(

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeseg.atomic import write_text
 from training.config import TrainConfig
 
 METRICS = (
@@ -50,8 +51,10 @@ def _selected_epoch(state: dict, tuned: bool) -> str:
         if tuned
         else "post-processing thresholds the best of the per-epoch grid (not tuned further)"
     )
-    if "members" in state:  # training.ensemble
+    if "members" in state:  # training.ensemble: no epochs of its own, so no per-epoch grid
         epochs = ", ".join(str(member["best_epoch"]) for member in state["members"])
+        if not tuned:
+            thresholds = "the default post-processing thresholds (not tuned yet)"
         return f"each member's best epoch on validation ({epochs}), {thresholds}"
     return (
         f"best epoch {state['best_epoch']} (selected on validation: mean of pixel IoU and "
@@ -78,9 +81,8 @@ def training_lines(config: TrainConfig, state: dict, run_dir: Path) -> list[str]
     )
     lines += schedule_change_lines(state)
     lines.append(wall_time_line(state))
-    log = run_dir / "log.csv"
-    if log.is_file():
-        rows = list(csv.DictReader(log.open()))
+    if "members" not in state:  # an ensemble trained nothing itself
+        rows = list(csv.DictReader((run_dir / "log.csv").open()))
         lines.append(
             f"- Final training loss: {float(rows[-1]['loss']):.4f} (log.csv has every epoch)."
         )
@@ -190,7 +192,7 @@ def footer_line(test_commands: str) -> str:
 def write_card(render: Callable[[Path], str]) -> None:
     """``python -m <card module> RUN_DIR``: (re)write RUN_DIR/MODEL_CARD.md."""
     run = Path(sys.argv[1])
-    (run / "MODEL_CARD.md").write_text(render(run))
+    write_text(run / "MODEL_CARD.md", render(run))
     print(f"wrote {run / 'MODEL_CARD.md'}")
 
 

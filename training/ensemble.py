@@ -6,10 +6,12 @@ the runtime, export and benchmarks treat the ensemble as any other model:
 
 Why one flat graph and not a loop over models: every export target, the INT8 calibration and
 the verification gate then see the ensemble exactly as the runtime runs it, one tile, one
-call. Members must share every setting but the seed (same input, preprocessing, tiling).
+call. Members must share every setting but the seed and thread count (same input,
+preprocessing, tiling).
 
 The folder gets ``model.keras``, ``config.json`` (the members' shared recipe, with the first
-member's seed), ``state.json`` (the members: folder, seed, best epoch, weights' sha256) and
+member's seed), ``state.json`` (the members: folder relative to the ensemble's parent, seed,
+best epoch, weights' sha256) and
 ``model.keras.json``; then tune its thresholds (training.tune_postprocess), score it
 (training.evaluate_run) and write its card (training.card) like a trained run's.
 """
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgeseg.manifest import file_sha256, read_manifest
+from edgeseg.atomic import write_text
+from edgeseg.manifest import file_sha256, manifest_path, read_manifest
 from training.config import TrainConfig
 from training.manifest import write_model_manifest
 
@@ -56,14 +61,20 @@ def build_ensemble(members: Sequence[Any], name: str) -> Any:
     return keras.Model(image, averaged, name=name)
 
 
-def shared_config(run_dirs: Sequence[Path]) -> TrainConfig:
-    """The recipe every run followed; refuses runs that differ in more than their seed or
-    have not finished."""
+#: Settings members may differ in: neither changes what a trained network computes.
+FREE_SETTINGS = ("seed", "threads")
+
+
+def member_configs(run_dirs: Sequence[Path]) -> list[TrainConfig]:
+    """Each run's config; refuses runs that differ in more than FREE_SETTINGS or have not
+    finished."""
     configs = [TrainConfig.from_file(run / "config.json") for run in run_dirs]
-    recipe = {key: value for key, value in asdict(configs[0]).items() if key != "seed"}
+    recipe = asdict(configs[0])
     for run, config in zip(run_dirs, configs, strict=True):
         differing = sorted(
-            key for key, value in asdict(config).items() if key != "seed" and value != recipe[key]
+            key
+            for key, value in asdict(config).items()
+            if key not in FREE_SETTINGS and value != recipe[key]
         )
         if differing:
             raise EnsembleError(f"{run}: differs from {run_dirs[0]} in {', '.join(differing)}")
@@ -72,43 +83,51 @@ def shared_config(run_dirs: Sequence[Path]) -> TrainConfig:
             raise EnsembleError(
                 f"{run}: not finished ({state['epoch']} of {config.epochs} epochs); resume it first"
             )
-    return configs[0]
+    return configs
 
 
 def write_ensemble(out: Path, run_dirs: Sequence[Path]) -> Path:
-    """Write the ensemble of ``run_dirs`` (their best models) into the new folder ``out``."""
+    """Write the ensemble of ``run_dirs`` (their best models) into the new folder ``out``;
+    returns its manifest."""
     import keras
 
     import training.losses  # noqa: F401  (registers the custom loss a model may name)
 
     if len(run_dirs) < 2:
         raise EnsembleError("an ensemble needs at least two runs")
-    config = shared_config(run_dirs)
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists():
+        raise EnsembleError(f"{out} exists; choose a new folder for the ensemble")
+    configs = member_configs(run_dirs)
     models = [keras.saving.load_model(run / "model.keras", compile=False) for run in run_dirs]
-    build_ensemble(models, config.model).save(out / "model.keras")
-    (out / "config.json").write_text(config.to_json())
     states = [json.loads((run / "state.json").read_text()) for run in run_dirs]
+    # built in a sibling folder renamed at the end: a failure leaves no half an ensemble
+    building = out.with_name(f".{out.name}.part")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    build_ensemble(models, configs[0].model).save(building / "model.keras")
+    write_text(building / "config.json", configs[0].to_json())
     state = {
-        "epoch": config.epochs,
+        "epoch": configs[0].epochs,
         "best_epoch": None,
         "wall_seconds": sum(member["wall_seconds"] for member in states),
         "wall_time_note": "the members' training times summed; averaging them trains nothing",
         "machine": states[0].get("machine", "n/a"),
         "members": [
             {
-                "run": str(run),
-                "seed": TrainConfig.from_file(run / "config.json").seed,
+                "run": os.path.relpath(run, out.parent),  # the same wherever the repo is
+                "seed": config.seed,
                 "best_epoch": member["best_epoch"],
                 "sha256": file_sha256(run / "model.keras"),
             }
-            for run, member in zip(run_dirs, states, strict=True)
+            for run, config, member in zip(run_dirs, configs, states, strict=True)
         ],
     }
-    (out / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    write_text(building / "state.json", json.dumps(state, indent=2) + "\n")
     # the members trained on the same split, so their nuclei's measured size is the ensemble's
     first = read_manifest(run_dirs[0] / "model.keras", verify=False)
-    return write_model_manifest(out, first.get("nucleus_diameter"))
+    write_model_manifest(building, first.get("nucleus_diameter"))
+    building.rename(out)
+    return manifest_path(out / "model.keras")
 
 
 def main() -> None:

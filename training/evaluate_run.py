@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edgeseg.atomic import write_text
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.evaluate import by_kind
 from edgeseg.metrics import aggregate, score_image
@@ -114,7 +115,7 @@ def main() -> None:
     suffix += "" if args.diameter is None else f"_{diameter_text(args.diameter)}"
     suffix += "_tta" if args.tta else ""
     out = args.run_dir / f"eval_{args.split}{suffix}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"{out}: " + ", ".join(f"{k} {v:.4f}" for k, v in result["aggregate"].items()))
 
 

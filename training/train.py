@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path
+from edgeseg.atomic import atomic_path, remove_stale_temporaries, write_text
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.data.dataset import Sample
 from edgeseg.preprocess import image_kind, normalize, preprocess_spec
@@ -129,6 +129,7 @@ def train_on_samples(
     from training.models import SIZE_MULTIPLE, build_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # models a killed run was writing
     state_path, checkpoint_path = run_dir / "state.json", run_dir / "checkpoint.keras"
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
@@ -185,7 +186,7 @@ def train_on_samples(
                 (run_dir / "postprocess.json").unlink(missing_ok=True)
             _atomic_save(self.model, checkpoint_path)
             state["machine"] = machine_description()
-            state_path.write_text(json.dumps(state, indent=2) + "\n")
+            write_text(state_path, json.dumps(state, indent=2) + "\n")  # --resume reads it
             if improved:
                 write_model_manifest(run_dir, diameter)
 

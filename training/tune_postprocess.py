@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edgeseg.atomic import write_text
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
 from edgeseg.segmenter import load_segmenter
 from training.data_loading import load_validation
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args()
     result = tune(args.run_dir, args.data, args.cache_dir)
-    (args.run_dir / "postprocess.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text(args.run_dir / "postprocess.json", json.dumps(result, indent=1) + "\n")
     write_model_manifest(args.run_dir, measure_run(args.run_dir, args.data, args.cache_dir))
     print(
         f"chosen {result['chosen']}: validation "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.manifest import ManifestError
+from edgeseg.manifest import ManifestError, check_sha256
 
 
 class BackendUnavailable(RuntimeError):
@@ -76,15 +76,7 @@ def read_verified(artifact: Path, manifest: Mapping[str, Any]) -> bytes:
         content = artifact.read_bytes()
     except OSError as error:
         raise ManifestError(f"{artifact}: cannot read the model file ({error.strerror})") from error
-    if not isinstance(manifest.get("sha256"), str):
-        raise ManifestError(f"{artifact}: its manifest has no sha256 to check the file against")
-    actual = hashlib.sha256(content).hexdigest()
-    expected = manifest["sha256"]
-    if actual != expected:
-        raise ManifestError(
-            f"{artifact}: sha256 {actual[:12]}... does not match its manifest "
-            f"({expected[:12]}...): the file was modified or corrupted; refusing to load it"
-        )
+    check_sha256(artifact, hashlib.sha256(content).hexdigest(), manifest)
     return content
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
@@ -130,8 +131,6 @@ def bench(
 
 
 def _check_writable(out: Path) -> None:
-    import tempfile
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path
+from edgeseg.atomic import atomic_path, remove_stale_temporaries
 from edgeseg.data.dataset import Sample, SampleRef, find_samples, load_sample
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
@@ -59,7 +59,8 @@ def load_dataset(
 
 
 def _write_cache(path: Path, samples: list[Sample]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # caches half-written by killed processes, sparing any another process writes now
+    remove_stale_temporaries(path.parent, older_than_s=3600)
     arrays = {}
     for sample in samples:
         arrays[f"image/{sample.id}"] = sample.image

@@ -1,0 +1,55 @@
+"""Whole-or-nothing writes: what a failure leaves, and what a killed process's leftovers become."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeseg.atomic import atomic_path, remove_stale_temporaries
+from edgeseg.manifest import manifest_path, write_manifest
+
+
+def test_atomic_path_outputs_readable_by_others(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / "out.txt") as temporary:
+        temporary.write_text("x")
+    mode = (tmp_path / "out.txt").stat().st_mode
+    assert mode & stat.S_IRUSR and mode & stat.S_IRGRP
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_manifest_that_cannot_be_written_leaves_nothing_half_written(tmp_path: Path) -> None:
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"model")
+    manifest_path(artifact).mkdir()  # something else already holds the manifest's name
+    with pytest.raises(OSError):
+        write_manifest(artifact, backend="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
+
+
+def test_a_failure_names_the_path_asked_for_not_the_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as error, atomic_path(tmp_path / "file" / "a.txt"):
+        pass
+    assert error.value.filename == str(tmp_path / "file")
+    (tmp_path / "taken.txt").mkdir()
+    with pytest.raises(IsADirectoryError) as error, atomic_path(tmp_path / "taken.txt") as part:
+        part.write_text("x")
+    assert error.value.filename == str(tmp_path / "taken.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.txt"]
+
+
+def test_leftovers_of_killed_writers_are_removed_once_old_enough(tmp_path: Path) -> None:
+    old, young = tmp_path / ".cache.ab12.part.npz", tmp_path / ".cache.cd34.part.npz"
+    for path in (old, young):
+        path.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    (tmp_path / "kept.npz").write_bytes(b"whole")
+    remove_stale_temporaries(tmp_path, older_than_s=3600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [young.name, "kept.npz"]
+    remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.npz"]
