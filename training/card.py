@@ -81,6 +81,8 @@ def training_lines(config: TrainConfig, state: dict, run_dir: Path) -> list[str]
     )
     lines += schedule_change_lines(state)
     lines.append(wall_time_line(state))
+    if "log_note" in state:  # what happened to the log while the run went on
+        lines.append(f"- Log: {state['log_note']}.")
     if "members" not in state:  # an ensemble trained nothing itself
         rows = list(csv.DictReader((run_dir / "log.csv").open()))
         lines.append(
