@@ -109,7 +109,7 @@ def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> No
     if verification.get("status") == "rejected":
         raise ManifestError(
             f"{artifact}: this artifact failed its accuracy check at export "
-            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} dropped too "
-            "far); refusing to run it. "
+            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} outside "
+            "the limits its manifest's verification records); refusing to run it. "
             "Re-export it, or choose a larger --max-drop at export if the loss is acceptable"
         )

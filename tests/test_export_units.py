@@ -89,3 +89,25 @@ def test_help_names_every_target_and_unknown_ones_are_refused() -> None:
     assert all(name in option.help for name in TARGETS)
     result = CliRunner().invoke(main, ["export", "--model", "m.keras", "--target", "onnx-int4"])
     assert result.exit_code == 2 and "unknown target 'onnx-int4'" in result.output
+
+
+class _Fixed:
+    """A segmenter that returns given labels, whatever the image."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        return self.labels
+
+
+def test_an_artifact_that_disagrees_with_its_source_is_rejected_even_if_it_scores_better() -> None:
+    from export.verify import MIN_MASK_AGREEMENT, Reference, verify
+
+    image, truth = synthetic_nuclei((64, 64), count=6, seed=1, touching=False)
+    source = Reference(_Fixed(np.roll(truth, 9, axis=1)), [Sample("a", image, truth)], "test")
+    result = verify(_Fixed(truth), source, max_drop=1.0)  # perfect, and unlike its source
+    assert result["change_points"]["pixel_iou"] > 0
+    assert result["mask_agreement"] < MIN_MASK_AGREEMENT
+    assert (result["status"], result["failed"]) == ("rejected", ["mask_agreement"])
+    assert verify(_Fixed(np.roll(truth, 9, axis=1)), source, max_drop=1.0)["status"] == "passed"

@@ -278,10 +278,13 @@ def _summary(path: Path, manifest: dict[str, Any]) -> str:
     if manifest.get("int8_graphs") not in (None, list(GRAPHS)):
         line += f"; INT8 in {', '.join(manifest['int8_graphs'])} only, the other graphs FP32"
     if verification["status"] == "rejected":
-        line += (
-            f"; {' and '.join(verification['failed'])} fell more than "
-            f"{verification['max_drop_points']} points: file kept, manifest marked rejected"
-        )
+        reasons = [
+            f"mask agreement under {100 * verification['min_mask_agreement']:.0f}%"
+            if key == "mask_agreement"
+            else f"{key} fell more than {verification['max_drop_points']} points"
+            for key in verification["failed"]
+        ]
+        line += f"; {' and '.join(reasons)}: file kept, manifest marked rejected"
     if "evaluation" in manifest:
         test = manifest["evaluation"]
         line += (
