@@ -39,6 +39,7 @@ from edgeseg.tiling import TileSettings
 from export.calibration import Calibration, calibration_tiles
 from export.targets import TARGETS, Target
 from export.verify import (
+    MIN_MASK_AGREEMENT,
     Reference,
     SegmentsImages,
     held_out_evaluation,
@@ -70,6 +71,7 @@ class ExportSettings:
     overlap: int = 32
     calib_images: int = 64
     max_drop: float = 1.0
+    min_agreement: float = MIN_MASK_AGREEMENT
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,12 @@ class BaseExporter:
         if self.reference is None:
             verification = skipped("no validation images given: accuracy not checked")
         else:
-            verification = verify(load_segmenter(path), self.reference, self.settings.max_drop)
+            verification = verify(
+                load_segmenter(path),
+                self.reference,
+                self.settings.max_drop,
+                self.settings.min_agreement,
+            )
         judged: dict[str, Any] = {"verification": verification}
         if self._test_samples:
             segmenter = load_segmenter(path, allow_rejected=True)

@@ -66,7 +66,8 @@ def exporter(source: Path, tmp_path_factory: pytest.TempPathFactory):
         source,
         tmp_path_factory.mktemp("export"),
         # an untrained 2-step model's detections are fragile: a loose gate here
-        ExportSettings(tile=CROP, calib_images=4, max_drop=20.0),
+        # a model trained for seconds: its INT8 graphs may label differently, gated loosely
+        ExportSettings(tile=CROP, calib_images=4, max_drop=20.0, min_agreement=0.0),
         calibration_samples=TRAIN,
         calibration_label="tiny training split",
         validation_samples=VALIDATION,
@@ -175,8 +176,8 @@ def test_int8_falls_back_to_fp32_heads_when_all_int8_is_rejected(
 
     verdicts = []
 
-    def fail_first(candidate, reference, max_drop):
-        verdict = real_verify(candidate, reference, max_drop)
+    def fail_first(candidate, reference, max_drop, min_agreement):
+        verdict = real_verify(candidate, reference, max_drop, min_agreement)
         if not verdicts:
             verdict = verdict | {"status": "rejected", "failed": ["pixel_iou"]}
         verdicts.append(verdict)

@@ -69,6 +69,14 @@ EXIT_REJECTED = 4
     help="Reject an artifact whose pixel IoU or DSB score is this many points below the source's.",
 )
 @click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=0.9,
+    show_default=True,
+    help="Reject an artifact whose labels overlap the source's (mean foreground IoU) less than "
+    "this, even if it scores as well: it would be another model.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -110,6 +118,7 @@ def export(
     verify_images: int | None,
     evaluate_test: bool,
     max_drop: float,
+    min_agreement: float,
     out_dir: Path | None,
     tile: int,
     overlap: int,
@@ -186,7 +195,7 @@ def export(
         exporter = open_exporter(
             source,
             out_dir or default_out_dir(source),
-            ExportSettings(tile, overlap, calib_images, max_drop),
+            ExportSettings(tile, overlap, calib_images, max_drop, min_agreement),
             **samples,
         )
         if data_root is None:
