@@ -51,6 +51,21 @@ def test_kaggle_layout_merges_masks_into_labels(kaggle_root: Path) -> None:
     assert len(pairs) == len(np.unique(expected))
 
 
+def test_label_images_are_taken_as_instance_ids_or_refused() -> None:
+    from edgeseg.data.dataset import instance_labels
+
+    big = np.array([[0, 70000], [70000, 5]], np.int32)  # ids above uint16: renumbered, kept apart
+    assert instance_labels(Path("a.tif"), big, (2, 2)).tolist() == [[0, 2], [2, 1]]
+    assert instance_labels(Path("a.tif"), big.astype(np.float32), (2, 2)).max() == 2
+    for bad, message in (
+        (np.array([[0, 1.5]]), "whole numbers"),
+        (np.array([[0, -1]]), ">= 0"),
+        (np.zeros((3, 3), np.uint16), "does not match image"),
+    ):
+        with pytest.raises(DatasetError, match=f"a.tif: .*{message}"):
+            instance_labels(Path("a.tif"), bad, (1, 2))
+
+
 def test_plain_layout(tmp_path: Path) -> None:
     image, labels = synthetic_nuclei((50, 60), count=4, seed=3)
     (tmp_path / "images").mkdir()

@@ -118,18 +118,32 @@ def merge_masks(mask_paths: tuple[Path, ...], shape: tuple[int, int]) -> np.ndar
     return labels
 
 
+def instance_labels(path: Path, labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label image as uint16 instance ids, refusing what is not one (fractions, negatives,
+    the wrong size) instead of truncating or wrapping it; ids above 65535 are renumbered."""
+    if labels.ndim != 2 or labels.shape != shape:
+        raise DatasetError(f"{path}: label image {labels.shape} does not match image {shape}")
+    if labels.dtype.kind not in "buif" or (
+        labels.dtype.kind == "f" and not np.array_equal(labels, np.floor(labels))
+    ):
+        raise DatasetError(f"{path}: label values must be whole numbers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise DatasetError(f"{path}: label values must be >= 0 (0 is background)")
+    if labels.size and labels.max() > np.iinfo(np.uint16).max:
+        ids, inverse = np.unique(labels, return_inverse=True)
+        if len(ids) > np.iinfo(np.uint16).max:
+            raise DatasetError(f"{path}: {len(ids) - 1} nuclei, more than a uint16 image holds")
+        labels = inverse.reshape(labels.shape) + (ids[0] != 0)
+    return labels.astype(np.uint16)
+
+
 def load_sample(ref: SampleRef) -> Sample:
     """Decode one sample; raises DatasetError naming the file for anything malformed."""
     try:
         image = read_image(ref.image_path)
         shape = image.shape[:2]
         if ref.label_path is not None:
-            labels = read_image(ref.label_path)
-            if labels.ndim != 2 or labels.shape != shape:
-                raise DatasetError(
-                    f"{ref.label_path}: label image {labels.shape} does not match image {shape}"
-                )
-            labels = labels.astype(np.uint16)
+            labels = instance_labels(ref.label_path, read_image(ref.label_path), shape)
         else:
             labels = merge_masks(ref.mask_paths, shape)
     except ImageReadError as error:
