@@ -98,16 +98,20 @@ class Outcome:
 
 
 def resolve_source(name_or_path: str | Path) -> Path:
-    """A model file, or the name of a training run (``training/runs/NAME/model.keras``, or a
-    Mask R-CNN's ``training/runs/NAME/model/maskrcnn.json``)."""
+    """A model file, a training run's folder, or its name under training/runs/ (the run's
+    ``model.keras``, or a Mask R-CNN's ``model/maskrcnn.json``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    runs = [RUNS_DIR / str(name_or_path) / name for name in ("model.keras", MASKRCNN_MODEL)]
-    for run in runs:
-        if run.is_file():
-            return run
-    raise ExportError(f"{name_or_path}: no such model file, and no training run at {runs[0]}")
+    folders = [path] if path.is_dir() else [RUNS_DIR / str(name_or_path)]
+    for folder in folders:
+        for name in ("model.keras", MASKRCNN_MODEL):
+            if (folder / name).is_file():
+                return folder / name
+    raise ExportError(
+        f"{name_or_path}: no such model file, and no model.keras or {MASKRCNN_MODEL} "
+        f"in {folders[0]}"
+    )
 
 
 def default_out_dir(source: Path) -> Path:

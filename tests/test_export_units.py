@@ -111,3 +111,19 @@ def test_an_artifact_that_disagrees_with_its_source_is_rejected_even_if_it_score
     assert result["mask_agreement"] < MIN_MASK_AGREEMENT
     assert (result["status"], result["failed"]) == ("rejected", ["mask_agreement"])
     assert verify(_Fixed(np.roll(truth, 9, axis=1)), source, max_drop=1.0)["status"] == "passed"
+
+
+def test_a_source_is_a_model_file_a_run_folder_or_a_run_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export.pipeline import ExportError, resolve_source
+
+    run = tmp_path / "training" / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_bytes(b"a model")
+    assert resolve_source(run / "model.keras") == run / "model.keras"
+    assert resolve_source(run) == run / "model.keras"  # the folder, as a shell completes it
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("tiny").resolve() == (run / "model.keras").resolve()
+    with pytest.raises(ExportError, match=r"nothing: no such model file, and no model.keras"):
+        resolve_source("nothing")

@@ -21,7 +21,8 @@ EXIT_REJECTED = 4
     required=True,
     metavar="NAME_OR_PATH",
     help="A .keras model, a Mask R-CNN's maskrcnn.json (RUN/model/maskrcnn.json), a training "
-    "run name (training/runs/NAME/model.keras or NAME/model/maskrcnn.json), or the "
+    "run's folder, or its name under ./training/runs (NAME/model.keras or "
+    "NAME/model/maskrcnn.json), or the "
     "TensorRT-ready .onnx / maskrcnn.json of an earlier trt-* export (to build its engine here).",
 )
 @click.option(
