@@ -86,7 +86,8 @@ def test_a_tampered_graph_is_refused_by_name(run: Path, tmp_path: Path) -> None:
 
 def test_resume_after_a_crash_repeats_the_same_step(run: Path, dsb: Path, tmp_path: Path) -> None:
     """Crash right after checkpoint 1: resuming runs step 2 again, as before up to the float
-    rounding of multi-threaded reductions (1e-5; one Adam step moves weights by ~1e-3)."""
+    rounding of multi-threaded reductions (up to 1.5e-5 seen, so 1e-4 is allowed; one Adam
+    step moves weights by ~1e-3)."""
     import keras
 
     from training.maskrcnn.train import train
@@ -109,7 +110,7 @@ def test_resume_after_a_crash_repeats_the_same_step(run: Path, dsb: Path, tmp_pa
         ours = keras.saving.load_model(crashed / "model" / f"{name}.keras").get_weights()
         theirs = keras.saving.load_model(run / "model" / f"{name}.keras").get_weights()
         for mine, reference in zip(ours, theirs, strict=True):
-            np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-4)
 
 
 def test_resume_without_checkpoints_warm_starts_from_the_best_model(
