@@ -74,8 +74,10 @@ def bench(
     peak memory, size, load time, parameters and FLOPs.
 
     \b
-    Each (model, target) runs in a fresh process of its own. Targets this machine cannot
-    run (e.g. TensorRT without a GPU) are listed as not available, with the reason.
+    The built-in default model is always benchmarked too, as the row to compare with
+    (leave it out with --models). Each (model, target) runs in a fresh process of its own.
+    Targets this machine cannot run (e.g. TensorRT without a GPU) are listed as not
+    available, with the reason.
     Instance models (Mask R-CNN) have no tiles: they are timed on whole images, and every
     model's segment latency on one 256x256 image is the column that compares them all.
     Writes OUT/bench.json (every number, the spread, the environment), OUT/bench.md (the
