@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,9 +16,13 @@ from pathlib import Path
 _UMASK = os.umask(0o022)  # read once, while importing is single-threaded, and put back
 os.umask(_UMASK)
 
-#: What the temporary files are called: ``.<stem>.<random>.part<suffix>``. The suffix stays
-#: last because libraries pick the format from it (numpy, Keras, OpenCV).
-TEMPORARY_GLOB = ".*.part*"
+#: What the temporary files are called: ``.<stem>.<8 random>.part<suffix>`` (tempfile's
+#: names). The suffix stays last because libraries pick the format from it (numpy, Keras,
+#: OpenCV). Cleanup matches exactly this, never a user's own hidden ``.notes.partial``.
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part(\.[^.]+)?")
+#: A temporary file this old belongs to a killed writer, not to one still at work (another
+#: run into the same folder, another process filling the decode cache).
+STALE_AFTER_S = 3600.0
 
 
 @contextmanager
@@ -41,7 +46,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may need it
-        yield temporary_path
+        try:
+            yield temporary_path
+        except OSError as error:  # a write into the temporary file: a full disk, a quota
+            if error.filename is not None:
+                raise
+            raise _naming(error, final) from error
         try:
             os.replace(temporary_path, final)
         except OSError as error:
@@ -57,16 +67,15 @@ def write_text(final: str | os.PathLike, text: str) -> Path:
     return Path(final)
 
 
-def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> None:
-    """Delete the temporary files a killed process left in ``folder``.
-
-    ``older_than_s`` spares files young enough to belong to a writer still at work (a
-    decode cache or a run folder that another process may be writing).
-    """
+def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> None:
+    """Delete the temporary files a killed process left in ``folder``; ``older_than_s``
+    spares those young enough to belong to a writer still at work."""
     if not folder.is_dir():
         return
     cutoff = time.time() - older_than_s
-    for path in folder.glob(TEMPORARY_GLOB):
+    for path in folder.glob(".*.part*"):
+        if not TEMPORARY_NAME.fullmatch(path.name):
+            continue
         try:
             if path.is_file() and path.stat().st_mtime <= cutoff:
                 path.unlink()

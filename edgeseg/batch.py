@@ -644,6 +644,10 @@ def _write_outputs(
     return len(rows), mean_area, diameter
 
 
+#: File names are bytes on Linux: one that is not UTF-8 is written back as those bytes.
+SUMMARY_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
 def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict[str, str]]:
     """Rows of OUT's summary.csv for images other than ``jobs``' (by name and by file) whose
     results are still there (done-marker present), or which failed and whose file is still
@@ -652,7 +656,7 @@ def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict
     stems = {job.stem for job in jobs}
     files = {source_key(job.source) for job in jobs}
     try:
-        with open(settings.output / SUMMARY_NAME, newline="") as handle:
+        with open(settings.output / SUMMARY_NAME, newline="", **SUMMARY_ENCODING) as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, ValueError):  # no summary yet, or not ours: nothing to keep
         return []
@@ -676,7 +680,10 @@ def write_summary(
     ``settings``, so each carries its diameter."""
     diameter = diameter_text(settings.diameter)
     path = settings.output / SUMMARY_NAME
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+    with (
+        atomic_path(path) as temporary,
+        open(temporary, "w", newline="", **SUMMARY_ENCODING) as handle,
+    ):
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
         for result in sorted(results, key=lambda r: r.job.index):

@@ -43,13 +43,25 @@ def test_a_failure_names_the_path_asked_for_not_the_temporary_file(tmp_path: Pat
 
 
 def test_leftovers_of_killed_writers_are_removed_once_old_enough(tmp_path: Path) -> None:
-    old, young = tmp_path / ".cache.ab12.part.npz", tmp_path / ".cache.cd34.part.npz"
+    old, young = tmp_path / ".cache.ab12cd34.part.npz", tmp_path / ".cache.ef56gh78.part.npz"
     for path in (old, young):
         path.write_bytes(b"half")
     hour_ago = time.time() - 3700
     os.utime(old, (hour_ago, hour_ago))
-    (tmp_path / "kept.npz").write_bytes(b"whole")
-    remove_stale_temporaries(tmp_path, older_than_s=3600)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [young.name, "kept.npz"]
-    remove_stale_temporaries(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["kept.npz"]
+    users = [tmp_path / name for name in (".notes.partial", ".plan.party.txt", "kept.npz")]
+    for path in users:
+        path.write_text("the user's own")
+        os.utime(path, (hour_ago, hour_ago))
+    remove_stale_temporaries(tmp_path)  # young: perhaps another process still writing it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [young.name, *(u.name for u in users)]
+    )
+    remove_stale_temporaries(tmp_path, older_than_s=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(u.name for u in users)
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as error, atomic_path(tmp_path / "summary.csv"):
+        raise OSError(28, "No space left on device")  # what write() raises: no filename
+    assert error.value.filename == str(tmp_path / "summary.csv")
+    assert list(tmp_path.iterdir()) == []

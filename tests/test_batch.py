@@ -345,6 +345,18 @@ def test_summary_rows_of_relative_paths_survive_a_run_from_another_folder(
     assert rows[1]["file"] == str((tmp_path / "in" / "broken.png").resolve())
 
 
+def test_a_file_name_that_is_not_utf8_is_summarised_as_its_bytes(tmp_path: Path) -> None:
+    (path,) = _write_images(tmp_path / "in", 1)
+    odd = path.with_name("odd\udcff.png")  # the byte 0xff, as Linux hands it to Python
+    path.rename(odd)
+    settings = BatchSettings(output=tmp_path / "out")
+    for _ in range(2):  # written, then read back by the next run
+        jobs = discover_images([tmp_path / "in"])
+        run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    raw = (tmp_path / "out" / "summary.csv").read_bytes()
+    assert b"odd\xff.png" in raw and raw.count(b"odd\xff.png") == 1
+
+
 class _BlockedSegmenter(ThresholdSegmenter):
     """Inference of the first image waits for ``release``: a Ctrl-C then finds it in flight."""
 

@@ -178,13 +178,16 @@ def test_resume_overwrite_and_foreign_results(tmp_path: Path, model: Path) -> No
     out = tmp_path / "out"
     assert _run(model, tmp_path / "in", "-o", out).exit_code == 0
     (out / "i1_labels.tif").unlink()  # as if the run died before writing it
-    (out / ".i2_labels.x1y2.part.tif").write_bytes(b"half")  # a stale temporary file
+    stale = out / ".i2_labels.x1y2z3w4.part.tif"  # a killed run's temporary file
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200,) * 2)
+    (out / ".notes.partial").write_text("the user's own")
     result = _run(model, tmp_path / "in", "-o", out)
     assert result.exit_code == 0
     assert "2 already done" in result.stderr
     assert [row["status"] for row in _summary(out)] == ["skipped", "ok", "skipped"]
     assert all(row["nuclei"] for row in _summary(out))
-    assert not list(out.glob(".*.part*"))
+    assert [p.name for p in out.glob(".*.part*")] == [".notes.partial"]
     result = _run(model, tmp_path / "in", "-o", out, "--overwrite")
     assert [row["status"] for row in _summary(out)] == ["ok"] * 3
     other = threshold_model(tmp_path / "other" / "steeper.onnx", steepness=30.0)

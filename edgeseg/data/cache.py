@@ -60,7 +60,7 @@ def load_dataset(
 
 def _write_cache(path: Path, samples: list[Sample]) -> None:
     # caches half-written by killed processes, sparing any another process writes now
-    remove_stale_temporaries(path.parent, older_than_s=3600)
+    remove_stale_temporaries(path.parent)
     arrays = {}
     for sample in samples:
         arrays[f"image/{sample.id}"] = sample.image
