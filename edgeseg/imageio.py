@@ -178,14 +178,14 @@ def _read_tiff_plane(
     """Read only the TIFF page(s) needed, using tifffile's axes (ImageJ, OME, shaped)."""
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.series) > 1 and not (tif.is_ome or tif.is_imagej):
+                return _read_own_page(path, tif, page, channel, max_megapixels)
             # Thumbnails and previews are flagged reduced-resolution: never the image.
             images = [s for s in tif.series if not s.keyframe.is_reduced] or tif.series
             series = images[0]
             if len(images) > 1 and _plane_count(series.axes, series.shape) == 1:
-                # Pages written one by one (no stack metadata, maybe of different sizes):
-                # each is its own series, and none is preferred silently.
                 sizes = ", ".join("x".join(map(str, s.shape)) for s in images)
-                index = _pick_index(path, "page", page, len(images), f"pages ({sizes})")
+                index = _pick_index(path, "page", page, len(images), f"images ({sizes})")
                 series, page = images[index], None
             shape = tuple(series.shape)
             axes = _logical_axes(series.axes, shape)
@@ -208,6 +208,29 @@ def _read_tiff_plane(
         raise
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ImageReadError(path, f"unreadable TIFF ({error})") from error
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return _apply(array, axes, index)
+
+
+def _read_own_page(
+    path: Path, tif: tifffile.TiffFile, page: int | None, channel: int | None, megapixels: float
+) -> np.ndarray:
+    """A TIFF of pages written one by one, of different sizes and without stack metadata:
+    tifffile groups the pages of one size into a series, so ``--page`` counts the file's own
+    pages instead (thumbnails flagged reduced-resolution left out), and none is chosen
+    silently."""
+    pages = [p for p in tif.pages if not p.is_reduced] or list(tif.pages)
+    chosen = pages[0]
+    if len(pages) > 1:
+        sizes = ", ".join("x".join(map(str, p.shape)) for p in pages)
+        chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
+        page = None
+    shape = tuple(chosen.shape)
+    axes = _logical_axes(chosen.axes, shape)
+    _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), megapixels)
+    index = _plan(path, axes, shape, page, channel)
+    array = chosen.asarray()
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("="))
     return _apply(array, axes, index)

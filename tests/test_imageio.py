@@ -104,6 +104,13 @@ def test_pages_of_different_sizes_are_never_picked_silently(tmp_path: Path) -> N
         read_plane(path)
     assert read_plane(path, page=0).shape == (40, 30)
     assert (read_plane(path, page=1) == 5).all()
+    grouped = tmp_path / "grouped.tif"  # tifffile groups pages 0 and 2 (same size) together
+    with tifffile.TiffWriter(grouped) as writer:
+        for value, shape in ((1, (64, 64)), (2, (52, 34)), (3, (64, 64))):
+            writer.write(np.full(shape, value, np.uint8), metadata=None)
+    with pytest.raises(ImageReadError, match=r"has 3 pages \(64x64, 52x34, 64x64\)"):
+        read_plane(grouped)
+    assert [int(read_plane(grouped, page=i)[0, 0]) for i in range(3)] == [1, 2, 3]
     marked = tmp_path / "with_thumbnail.tif"
     tifffile.imwrite(marked, np.full((40, 30), 9, np.uint8))
     tifffile.imwrite(marked, np.full((8, 6), 5, np.uint8), append=True, subfiletype=1)
