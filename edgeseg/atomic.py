@@ -35,8 +35,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent
+        handle, temporary = tempfile.mkstemp(  # the stem cut short: a name the file system
+            prefix=f".{final.stem[:64]}.",  # takes must not fail for its temporary's length
+            suffix=f".part{final.suffix}",
+            dir=final.parent,
         )
     except FileExistsError as error:  # mkdir met a file where a folder must be
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(final.parent)) from error

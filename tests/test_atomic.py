@@ -65,3 +65,10 @@ def test_a_full_disk_names_the_file_being_written(tmp_path: Path) -> None:
         raise OSError(28, "No space left on device")  # what write() raises: no filename
     assert error.value.filename == str(tmp_path / "summary.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_near_the_file_system_limit_is_still_written(tmp_path: Path) -> None:
+    final = tmp_path / f"{'n' * 240}_nuclei.csv"  # 251 bytes of the 255 a name may have
+    with atomic_path(final) as temporary:
+        temporary.write_text("x")
+    assert final.read_text() == "x"
