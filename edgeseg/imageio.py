@@ -41,10 +41,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = tifffile.imread(path)
         except Exception as error:  # tifffile raises many types for corrupt files
             raise ImageReadError(path, f"unreadable TIFF ({error})") from error
-        array = np.asarray(array)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("="))
-        return array
+        return _native(np.asarray(array))
     if suffix not in IMAGE_SUFFIXES:
         raise ImageReadError(path, f"unsupported file type {suffix!r}")
     data = np.fromfile(path, dtype=np.uint8)
@@ -178,44 +175,49 @@ def _read_tiff_plane(
     """Read only the TIFF page(s) needed, using tifffile's axes (ImageJ, OME, shaped)."""
     try:
         with tifffile.TiffFile(path) as tif:
-            if len(tif.series) > 1 and not (tif.is_ome or tif.is_imagej):
-                return _read_own_page(path, tif, page, channel, max_megapixels)
-            # Thumbnails and previews are flagged reduced-resolution: never the image.
-            images = [s for s in tif.series if not s.keyframe.is_reduced] or tif.series
-            series = images[0]
-            if len(images) > 1 and _plane_count(series.axes, series.shape) == 1:
-                sizes = ", ".join("x".join(map(str, s.shape)) for s in images)
-                index = _pick_index(path, "page", page, len(images), f"images ({sizes})")
-                series, page = images[index], None
-            shape = tuple(series.shape)
-            axes = _logical_axes(series.axes, shape)
-            _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), max_megapixels)
-            index = _plan(path, axes, shape, page, channel)
-            page_shape = tuple(series.keyframe.shape)
-            leading = len(shape) - len(page_shape)
-            if (
-                axes == series.axes
-                and leading >= 0
-                and shape[leading:] == page_shape
-                and int(np.prod(shape[:leading])) == len(series.pages)
-            ):  # read just the one page holding the plane and channel asked for
-                key = int(np.ravel_multi_index(index[:leading], shape[:leading])) if leading else 0
-                array = np.asarray(tif.asarray(key=key, series=series)).reshape(page_shape)
-                axes, index = axes[leading:], index[leading:]
-            else:
-                array = series.asarray()
+            read = (
+                _read_own_page
+                if len(tif.series) > 1 and not (tif.is_ome or tif.is_imagej)
+                else _read_series_plane
+            )
+            array, axes, index = read(path, tif, page, channel, max_megapixels)
     except ImageReadError:
         raise
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ImageReadError(path, f"unreadable TIFF ({error})") from error
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("="))
-    return _apply(array, axes, index)
+    return _apply(_native(array), axes, index)
+
+
+def _read_series_plane(
+    path: Path, tif: tifffile.TiffFile, page: int | None, channel: int | None, megapixels: float
+) -> tuple[np.ndarray, str, list[int | slice]]:
+    """The array holding the plane asked for, with its axes and the index of the plane."""
+    # Thumbnails and previews are flagged reduced-resolution: never the image.
+    images = [s for s in tif.series if not s.keyframe.is_reduced] or tif.series
+    series = images[0]
+    if len(images) > 1 and _plane_count(series.axes, series.shape) == 1:
+        sizes = ", ".join("x".join(map(str, s.shape)) for s in images)
+        index = _pick_index(path, "page", page, len(images), f"images ({sizes})")
+        series, page = images[index], None
+    shape = tuple(series.shape)
+    axes, index = _planned(path, series.axes, shape, page, channel, megapixels)
+    page_shape = tuple(series.keyframe.shape)
+    leading = len(shape) - len(page_shape)
+    if (
+        axes == series.axes
+        and leading >= 0
+        and shape[leading:] == page_shape
+        and int(np.prod(shape[:leading])) == len(series.pages)
+    ):  # read just the one page holding the plane and channel asked for
+        key = int(np.ravel_multi_index(index[:leading], shape[:leading])) if leading else 0
+        array = np.asarray(tif.asarray(key=key, series=series)).reshape(page_shape)
+        return array, axes[leading:], index[leading:]
+    return series.asarray(), axes, index
 
 
 def _read_own_page(
     path: Path, tif: tifffile.TiffFile, page: int | None, channel: int | None, megapixels: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, str, list[int | slice]]:
     """A TIFF of pages written one by one, of different sizes and without stack metadata:
     tifffile groups the pages of one size into a series, so ``--page`` counts the file's own
     pages instead (thumbnails flagged reduced-resolution left out), and none is chosen
@@ -226,14 +228,30 @@ def _read_own_page(
         sizes = ", ".join("x".join(map(str, p.shape)) for p in pages)
         chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
         page = None
-    shape = tuple(chosen.shape)
-    axes = _logical_axes(chosen.axes, shape)
+    axes, index = _planned(path, chosen.axes, tuple(chosen.shape), page, channel, megapixels)
+    return chosen.asarray(), axes, index
+
+
+def _planned(
+    path: Path,
+    axes: str,
+    shape: tuple[int, ...],
+    page: int | None,
+    channel: int | None,
+    megapixels: float,
+) -> tuple[str, list[int | slice]]:
+    """The logical axes of an array of ``shape`` and the index of the plane asked for; its
+    size is refused before any pixel is read."""
+    axes = _logical_axes(axes, shape)
     _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), megapixels)
-    index = _plan(path, axes, shape, page, channel)
-    array = chosen.asarray()
+    return axes, _plan(path, axes, shape, page, channel)
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """Big-endian TIFF data in the machine's byte order, which OpenCV and ONNX expect."""
     if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("="))
-    return _apply(array, axes, index)
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 def _logical_axes(axes: str, shape: tuple[int, ...]) -> str:
