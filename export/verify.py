@@ -85,7 +85,8 @@ def verify(
     scores, expected = aggregate(per_image), reference.scores
     change = {key: 100 * (scores[key] - expected[key]) for key in REPORTED}
     failed = [key for key in GATED if -change[key] > max_drop]
-    if np.mean(agreement) < min_agreement:
+    mask_agreement = float(np.mean(agreement))
+    if mask_agreement < min_agreement:
         failed.append("mask_agreement")
     return {
         "status": "rejected" if failed else "passed",
@@ -93,7 +94,7 @@ def verify(
         "data": reference.data,
         "images": len(per_image),
         "max_drop_points": max_drop,
-        "mask_agreement": float(np.mean(agreement)),
+        "mask_agreement": mask_agreement,
         "min_mask_agreement": min_agreement,
         "reference": {key: expected[key] for key in REPORTED},
         "artifact": {key: scores[key] for key in REPORTED},

@@ -65,12 +65,13 @@ def build_ensemble(members: Sequence[Any], name: str) -> Any:
 FREE_SETTINGS = ("seed", "threads")
 
 
-def member_configs(run_dirs: Sequence[Path]) -> list[TrainConfig]:
-    """Each run's config; refuses runs that differ in more than FREE_SETTINGS or have not
-    finished."""
+def member_records(run_dirs: Sequence[Path]) -> tuple[list[TrainConfig], list[dict[str, Any]]]:
+    """Each run's config and state; refuses runs that differ in more than FREE_SETTINGS or
+    have not finished."""
     configs = [TrainConfig.from_file(run / "config.json") for run in run_dirs]
+    states = [json.loads((run / "state.json").read_text()) for run in run_dirs]
     recipe = asdict(configs[0])
-    for run, config in zip(run_dirs, configs, strict=True):
+    for run, config, state in zip(run_dirs, configs, states, strict=True):
         differing = sorted(
             key
             for key, value in asdict(config).items()
@@ -78,28 +79,25 @@ def member_configs(run_dirs: Sequence[Path]) -> list[TrainConfig]:
         )
         if differing:
             raise EnsembleError(f"{run}: differs from {run_dirs[0]} in {', '.join(differing)}")
-        state = json.loads((run / "state.json").read_text())
         if state["epoch"] < config.epochs:
             raise EnsembleError(
                 f"{run}: not finished ({state['epoch']} of {config.epochs} epochs); resume it first"
             )
-    return configs
+    return configs, states
 
 
 def write_ensemble(out: Path, run_dirs: Sequence[Path]) -> Path:
     """Write the ensemble of ``run_dirs`` (their best models) into the new folder ``out``;
     returns its manifest."""
-    import keras
-
     import training.losses  # noqa: F401  (registers the custom loss a model may name)
+    from edgeseg.backends.keras import load_keras_file
 
     if len(run_dirs) < 2:
         raise EnsembleError("an ensemble needs at least two runs")
     if out.exists():
         raise EnsembleError(f"{out} exists; choose a new folder for the ensemble")
-    configs = member_configs(run_dirs)
-    models = [keras.saving.load_model(run / "model.keras", compile=False) for run in run_dirs]
-    states = [json.loads((run / "state.json").read_text()) for run in run_dirs]
+    configs, states = member_records(run_dirs)
+    models = [load_keras_file(run / "model.keras") for run in run_dirs]
     # built in a sibling folder renamed at the end: a failure leaves no half an ensemble
     building = out.with_name(f".{out.name}.part")
     shutil.rmtree(building, ignore_errors=True)
