@@ -31,7 +31,7 @@ from edgeseg.atomic import write_text
 from edgeseg.batch import walk_images
 from edgeseg.imageio import read_plane, write_labels
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
-from edgeseg.postprocess import instances_from_probabilities
+from edgeseg.postprocess import labels_from_maps
 from edgeseg.preprocess import to_gray
 from edgeseg.segmenter import load_segmenter
 
@@ -123,7 +123,7 @@ def stage_split(images: list[Path], model: str | None, threads: int | None, out:
         t1 = time.perf_counter()
         maps = segmenter.predict_probabilities(image)
         t2 = time.perf_counter()
-        labels = instances_from_probabilities(maps[..., 0], maps[..., 1], segmenter.settings)
+        labels = labels_from_maps(maps, segmenter.settings)
         t3 = time.perf_counter()
         write_nuclei_csv(out / f"{path.stem}_nuclei.csv", measure_nuclei(labels, to_gray(image)))
         write_labels(out / f"{path.stem}_labels.tif", labels)

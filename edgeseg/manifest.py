@@ -19,6 +19,8 @@ from edgeseg.atomic import write_text
 
 FORMAT_VERSION = 1
 OUTPUT_CHANNELS = ("foreground", "boundary")
+#: The output layouts this runtime reads; a manifest without ``output_channels`` is the first.
+CHANNEL_LAYOUTS = (OUTPUT_CHANNELS, (*OUTPUT_CHANNELS, "distance"))
 #: Sections the runtime reads as JSON objects, when a manifest has them.
 OBJECT_SECTIONS = (
     "input", "output", "preprocess", "tile", "postprocess", "verification", "nucleus_diameter",
@@ -96,11 +98,16 @@ def check_layout(manifest: Any, path: Path) -> None:
     if wrong:
         raise ManifestError(f"{path}: {', '.join(wrong)} must be JSON objects ({{...}})")
     channels = manifest.get("output_channels", list(OUTPUT_CHANNELS))
-    if channels != list(OUTPUT_CHANNELS):
+    if channels not in [list(layout) for layout in CHANNEL_LAYOUTS]:
         raise ManifestError(
             f"{path}: output_channels {channels!r}; this runtime reads "
-            f"{list(OUTPUT_CHANNELS)!r}, in that order"
+            f"{' or '.join(repr(list(layout)) for layout in CHANNEL_LAYOUTS)}, in that order"
         )
+
+
+def output_channels(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model's output maps, in order (checked by ``check_layout``)."""
+    return tuple(manifest.get("output_channels", OUTPUT_CHANNELS))
 
 
 def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
 """From network probabilities to a uint16 instance label image.
 
-Every edgeseg semantic model predicts two maps: nucleus foreground and nucleus boundary.
-Foreground pixels away from any boundary are seeds (one per nucleus, even when nuclei touch);
-each foreground component is then split between its seeds by nearest seed. This runs in
+Every edgeseg semantic model predicts nucleus foreground and nucleus boundary maps; some also
+predict each nucleus's normalised distance to its edge (1 at its centre, StarDist-like).
+Foreground pixels away from any boundary (and, with a distance map, near a centre) are seeds,
+one per nucleus even when nuclei touch; each foreground component is then split between its
+seeds by nearest seed. This runs in
 OpenCV only, so the runtime needs no scikit-image, and is the one post-processing used by
 `edgeseg segment`, training validation, export checks and benchmarks.
 """
@@ -23,6 +25,9 @@ class PostprocessSettings:
     #: Seeds smaller than this are noise in the boundary map, not nuclei: dropping them stops
     #: one nucleus from being cut into fragments.
     min_seed_area: int = 0
+    #: With a distance map, seeds are also kept to pixels whose normalised distance to the
+    #: nucleus edge exceeds this: touching nuclei meet at distance ~0, their centres are ~1.
+    distance_threshold: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -38,14 +43,32 @@ def _split_by_nearest_seed(seeds: np.ndarray) -> np.ndarray:
     return seed_ids[nearest - 1]
 
 
+def labels_from_maps(
+    maps: np.ndarray, settings: PostprocessSettings = PostprocessSettings()
+) -> np.ndarray:
+    """uint16 labels from a model's (H, W, C) output: [foreground, boundary(, distance)]."""
+    if maps.ndim != 3 or maps.shape[-1] not in (2, 3):
+        raise ValueError(f"expected (H, W, 2) or (H, W, 3) probability maps, got {maps.shape}")
+    distance = maps[..., 2] if maps.shape[-1] == 3 else None
+    return instances_from_probabilities(maps[..., 0], maps[..., 1], settings, distance)
+
+
 def instances_from_probabilities(
     foreground: np.ndarray,
     boundary: np.ndarray,
     settings: PostprocessSettings = PostprocessSettings(),
+    distance: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Return uint16 labels (0 = background, 1..N nuclei) from two (H, W) probability maps."""
+    """Return uint16 labels (0 = background, 1..N nuclei) from (H, W) probability maps."""
+    if distance is None and settings.distance_threshold > 0:
+        raise ValueError(
+            f"distance_threshold {settings.distance_threshold} needs a model with a distance "
+            "output; this one predicts foreground and boundary only"
+        )
     mask = (foreground > settings.foreground_threshold).astype(np.uint8)
     seeds_mask = mask & (boundary < settings.boundary_threshold).astype(np.uint8)
+    if distance is not None:
+        seeds_mask &= (distance > settings.distance_threshold).astype(np.uint8)
     seed_count, seeds, seed_stats, _ = cv2.connectedComponentsWithStats(
         seeds_mask, connectivity=8, ltype=cv2.CV_32S
     )

@@ -27,7 +27,7 @@ from edgeseg.backends import Backend, load_backend
 from edgeseg.manifest import ManifestError, read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import is_maskrcnn, resolve_model
-from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+from edgeseg.postprocess import PostprocessSettings, labels_from_maps
 from edgeseg.preprocess import normalize, preprocessing
 from edgeseg.rescale import MAX_MEGAPIXELS, Diameter, segment_at_diameter
 from edgeseg.test_time_flips import predict_flip_averaged
@@ -65,7 +65,8 @@ class Segmenter:
         self.stained_channel = preprocessing(manifest)
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Raw image (H, W) or (H, W, C) -> float32 (H, W, 2) [foreground, boundary]."""
+        """Raw image (H, W) or (H, W, C) -> float32 (H, W, M) maps, as the manifest's
+        ``output_channels`` name them (foreground, boundary, maybe distance)."""
         predict = predict_flip_averaged if self.test_time_flips else predict_tiled
         return predict(self.backend, normalize(image, self.stained_channel), self.tiles)
 
@@ -106,9 +107,7 @@ class Segmenter:
             )
             return lambda: labels
         probabilities = self.predict_probabilities(image)
-        return lambda: instances_from_probabilities(
-            probabilities[..., 0], probabilities[..., 1], self.settings
-        )
+        return lambda: labels_from_maps(probabilities, self.settings)
 
 
 def load_segmenter(

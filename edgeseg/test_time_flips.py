@@ -20,8 +20,8 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,), (0, 1))
 def predict_flip_averaged(
     backend: Backend, image: np.ndarray, settings: TileSettings
 ) -> np.ndarray:
-    """float32 (H, W, 2) probabilities for a normalised (H, W) image, averaged over flips."""
-    total = np.zeros((*image.shape, 2), dtype=np.float32)
+    """float32 (H, W, C) probabilities for a normalised (H, W) image, averaged over flips."""
+    total = np.zeros((*image.shape, backend.channels), dtype=np.float32)
     for axes in FLIPS:  # np.flip over no axes is the image itself, not a copy
         probabilities = predict_tiled(backend, np.ascontiguousarray(np.flip(image, axes)), settings)
         total += np.flip(probabilities, axes)

@@ -89,7 +89,8 @@ def _kept_spans(starts: list[int], tile: int, length: int) -> list[tuple[int, in
 
 
 def predict_tiled(backend: Backend, image: np.ndarray, settings: TileSettings) -> np.ndarray:
-    """Return float32 (H, W, 2) probabilities for a normalised float32 (H, W) image."""
+    """Return float32 (H, W, C) probabilities (the backend's C maps) for a normalised
+    float32 (H, W) image."""
     height, width = image.shape
     fixed = backend.input_size or (None, None)
     tile_h, tile_w = (
@@ -108,7 +109,7 @@ def predict_tiled(backend: Backend, image: np.ndarray, settings: TileSettings) -
     row_spans = _kept_spans(rows, tile_h, height)
     col_spans = _kept_spans(cols, tile_w, width)
     tiles = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
-    result = np.empty((height, width, 2), dtype=np.float32)
+    result = np.empty((height, width, backend.channels), dtype=np.float32)
     for first in range(0, len(tiles), settings.batch_size):
         chunk = tiles[first : first + settings.batch_size]
         batch = np.stack(

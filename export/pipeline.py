@@ -28,6 +28,7 @@ from edgeseg.manifest import (
     ManifestError,
     file_sha256,
     manifest_path,
+    output_channels,
     read_manifest,
     write_manifest,
 )
@@ -56,8 +57,8 @@ RUNS_DIR = Path("training") / "runs"
 MASKRCNN_MODEL = Path("model") / "maskrcnn.json"
 #: Manifest sections an engine inherits from the TensorRT-ready ONNX it is built from.
 INHERITED = (
-    "name", "model", "target", "precision", "input", "output", "tile", "preprocess",
-    "postprocess", "nucleus_diameter", "quantization", "calibration",
+    "name", "model", "target", "precision", "input", "output", "output_channels", "tile",
+    "preprocess", "postprocess", "nucleus_diameter", "quantization", "calibration",
 )  # fmt: skip
 
 
@@ -314,6 +315,7 @@ class Exporter(BaseExporter):
             "preprocess": {**PREPROCESS, **recorded.get("preprocess", {})},
             # thresholds tuned on validation travel with the model (training/tune_postprocess.py)
             "postprocess": recorded.get("postprocess", PostprocessSettings().to_dict()),
+            "output_channels": list(output_channels(recorded)),
         }
         if "nucleus_diameter" in recorded:  # the training nuclei's size, for segment --diameter
             manifest["nucleus_diameter"] = recorded["nucleus_diameter"]
@@ -355,6 +357,7 @@ class Exporter(BaseExporter):
             "source": {"path": str(self.source), "sha256": self.source_sha256},
             "input": tensors[0],
             "output": tensors[1],
+            "output_channels": list(output_channels(self.source_manifest)),
             "tile": self.source_manifest["tile"],
             "preprocess": self.source_manifest["preprocess"],
             "postprocess": self.source_manifest["postprocess"],

@@ -7,11 +7,13 @@ boundary band always has its nominal width.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from edgeseg.manifest import OUTPUT_CHANNELS
 from training.targets import make_targets
 
 
@@ -32,11 +34,15 @@ class AugmentConfig:
 
 
 def random_crop(
-    image: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    channels: Sequence[str] = OUTPUT_CHANNELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (crop, crop, 1) input and (crop, crop, 2) [foreground, boundary] target."""
+    """One augmented (crop, crop, 1) input and its (crop, crop, len(channels)) targets."""
     image, labels = augmented_crop(image, labels, config, rng)
-    return image, make_targets(labels)
+    return image, make_targets(labels, channels)
 
 
 def augmented_crop(

@@ -52,7 +52,12 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
         backend="keras",
         target="keras-fp32",
         input={"name": "image", "shape": [None, None, None, 1], "dtype": "float32"},
-        output={"name": "probabilities", "shape": [None, None, None, 2], "dtype": "float32"},
+        output={
+            "name": "probabilities",
+            "shape": [None, None, None, len(config.output_channels)],
+            "dtype": "float32",
+        },
+        output_channels=list(config.output_channels),
         tile={"size": TILE_SIZE, "overlap": TILE_OVERLAP, "multiple": SIZE_MULTIPLE[config.model]},
         preprocess=preprocess_spec(config.stained_channel),
         postprocess=postprocess_settings(run_dir).to_dict(),

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from edgeseg.metrics import aggregate, score_image
-from edgeseg.postprocess import PostprocessSettings, instances_from_probabilities
+from edgeseg.postprocess import PostprocessSettings, labels_from_maps
 
 #: The grid each epoch is scored on: the thresholds that moved validation most in tuning.
 EPOCH_GRID: Mapping[str, Sequence[float]] = {
@@ -24,6 +24,17 @@ EPOCH_GRID: Mapping[str, Sequence[float]] = {
     "min_seed_area": (10,),
     "min_area": (32,),
 }
+
+
+#: What a model with a distance map adds to a grid: its seed threshold (0 ignores the map).
+DISTANCE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7)
+
+
+def with_distance(
+    grid: Mapping[str, Sequence[float]], channels: Sequence[str]
+) -> Mapping[str, Sequence[float]]:
+    """``grid``, plus the distance seed thresholds when ``channels`` include the distance map."""
+    return {**grid, "distance_threshold": DISTANCE_THRESHOLDS} if "distance" in channels else grid
 
 
 def selection_score(metrics: Mapping[str, float]) -> float:
@@ -42,13 +53,11 @@ def grid_settings(grid: Mapping[str, Sequence[float]]) -> list[PostprocessSettin
 def score_settings(
     maps: Sequence[tuple[np.ndarray, np.ndarray]], settings: Iterable[PostprocessSettings]
 ) -> list[dict]:
-    """Score each setting on (true labels, (H, W, 2) probabilities) pairs, predicted once."""
+    """Score each setting on (true labels, (H, W, C) probabilities) pairs, predicted once."""
     results = []
     for setting in settings:
         per_image = {
-            str(index): score_image(
-                truth, instances_from_probabilities(*probabilities.transpose(2, 0, 1), setting)
-            )
+            str(index): score_image(truth, labels_from_maps(probabilities, setting))
             for index, (truth, probabilities) in enumerate(maps)
         }
         results.append(scored_setting(setting.to_dict(), aggregate(per_image)))

@@ -28,7 +28,13 @@ from training.config import TrainConfig
 from training.data_loading import load_train_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import nucleus_diameter_record, training_source
-from training.selection import EPOCH_GRID, best_result, grid_settings, score_settings
+from training.selection import (
+    EPOCH_GRID,
+    best_result,
+    grid_settings,
+    score_settings,
+    with_distance,
+)
 
 #: The validation metrics every run logs (as ``val_<key>``), semantic models and Mask R-CNN.
 VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
@@ -69,7 +75,10 @@ def _crop_dataset(
         def __getitem__(self, index: int):
             rng = np.random.default_rng([config.seed, self.epoch, index])
             picks = rng.choice(len(images), size=config.batch_size, p=weights)
-            pairs = [random_crop(images[i], labels[i], config.augment, rng) for i in picks]
+            pairs = [
+                random_crop(images[i], labels[i], config.augment, rng, config.output_channels)
+                for i in picks
+            ]
             return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
 
         def on_epoch_end(self) -> None:
@@ -140,10 +149,14 @@ def train_on_samples(
         keras.utils.set_random_seed(config.seed)
         (run_dir / "config.json").write_text(config.to_json())
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": None, "wall_seconds": 0.0}
-        model = build_model(config.model, **config.model_kwargs)
+        model = build_model(
+            config.model, channels=len(config.output_channels), **config.model_kwargs
+        )
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=SegmentationLoss(config.boundary_weight, config.dice_weight),
+            loss=SegmentationLoss(
+                config.boundary_weight, config.dice_weight, config.distance_weight
+            ),
         )
 
     images = [normalize(s.image, config.stained_channel) for s in train_samples]
@@ -152,6 +165,7 @@ def train_on_samples(
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
     tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
     validation_manifest = {"preprocess": preprocess_spec(config.stained_channel)}
+    epoch_grid = with_distance(EPOCH_GRID, config.output_channels)
 
     class EpochEnd(keras.callbacks.Callback):
         """Validate on whole images, keep the best model, checkpoint for resume."""
@@ -163,12 +177,12 @@ def train_on_samples(
             backend = KerasBackend.from_model(self.model)
             segmenter = Segmenter(backend, validation_manifest, tiles=tiles)
             maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in validation]
-            best = best_result(score_settings(maps, grid_settings(EPOCH_GRID)))
+            best = best_result(score_settings(maps, grid_settings(epoch_grid)))
             metrics, score = best["validation"], best["selection_score"]
             for key in VALIDATION_KEYS:
                 logs[f"val_{key}"] = metrics[key]
             logs["val_selection_score"] = score
-            for key in ("foreground_threshold", "boundary_threshold"):
+            for key in ("foreground_threshold", "boundary_threshold", "distance_threshold"):
                 logs[f"val_{key}"] = best["settings"][key]
             state["wall_seconds"] += time.time() - self.started
             logs["seconds"] = state["wall_seconds"]

@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from edgeseg.atomic import write_text
 from edgeseg.data.cache import DEFAULT_CACHE_DIR
+from edgeseg.manifest import output_channels
 from edgeseg.segmenter import load_segmenter
 from training.data_loading import load_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import measure_run
-from training.selection import best_result, grid_settings, score_settings
+from training.selection import best_result, grid_settings, score_settings, with_distance
 
 GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
@@ -37,7 +38,7 @@ def tune(run_dir: Path, data_root: Path, cache_dir: Path) -> dict:
     segmenter = load_segmenter(run_dir / "model.keras")
     samples = load_validation(data_root, cache_dir)
     maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in tqdm(samples)]
-    settings = grid_settings(GRID)
+    settings = grid_settings(with_distance(GRID, output_channels(segmenter.manifest)))
     results = score_settings(maps, tqdm(settings, unit="setting"))
     best = best_result(results)
     return {"chosen": best["settings"], "validation": best["validation"], "grid": results}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.backends.base import Backend, BackendUnavailable, default_threads, read_verified
-from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.manifest import ManifestError, output_channels, read_manifest
 
 __all__ = [
     "BACKENDS",
@@ -76,7 +76,7 @@ def load_backend(
     content = read_verified(artifact, manifest)
     threads = threads or default_threads()
     try:
-        return _runtime(fmt, name, artifact, content, manifest, threads)
+        engine = _runtime(fmt, name, artifact, content, manifest, threads)
     except (BackendUnavailable, ImportError, OSError, ValueError):
         raise  # already say what is wrong, in our words
     except Exception as error:  # a runtime's own error type, e.g. ONNX Runtime's InvalidProtobuf
@@ -85,6 +85,8 @@ def load_backend(
             "manifest, so it was written so (an export cut short, or a format or version "
             "this runtime does not read)"
         ) from error
+    engine.channels = len(output_channels(manifest))
+    return engine
 
 
 def _runtime(

@@ -24,7 +24,8 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(ABC):
-    """A loaded network: normalised (N, H, W, 1) tiles in, (N, H, W, 2) probabilities out."""
+    """A loaded network: normalised (N, H, W, 1) tiles in, (N, H, W, C) probabilities out
+    (C maps as the manifest's ``output_channels`` name them)."""
 
     name: str = "backend"
     #: (H, W) the network was exported for, or None when any size (a multiple of the
@@ -32,9 +33,11 @@ class Backend(ABC):
     input_size: tuple[int, int] | None = None
     #: The batch size the network was exported for, or None when any batch works.
     fixed_batch: int | None = None
+    #: How many probability maps the network returns per pixel.
+    channels: int = 2
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Return float32 NHWC [foreground, boundary] probabilities for a float32 NHWC batch."""
+        """Return float32 NHWC probabilities (the ``channels`` maps) for a float32 NHWC batch."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[0] == 0 or batch.shape[3] != 1:
             raise ValueError(f"{self.name}: expected a (N, H, W, 1) batch, got {batch.shape}")
@@ -46,7 +49,7 @@ class Backend(ABC):
         step = self.fixed_batch or batch.shape[0]
         outputs = [self._run_padded(batch[i : i + step], step) for i in range(0, len(batch), step)]
         probabilities = np.concatenate(outputs).astype(np.float32, copy=False)
-        expected = (*batch.shape[:3], 2)
+        expected = (*batch.shape[:3], self.channels)
         if probabilities.shape != expected:
             raise ValueError(
                 f"{self.name}: the model returned shape {probabilities.shape} for input "

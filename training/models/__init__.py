@@ -1,8 +1,9 @@
 """Model registry: every trainable edgeseg model, built by name.
 
 All models take NHWC float32 (N, H, W, 1) from edgeseg.preprocess.normalize and return
-(N, H, W, 2) sigmoid probabilities [foreground, boundary]; they are fully convolutional and
-use only ops that TFLite builtins, ONNX and TensorRT support (no Lambda, no custom ops).
+(N, H, W, channels) sigmoid probabilities [foreground, boundary(, distance)]; they are fully
+convolutional and use only ops that TFLite builtins, ONNX and TensorRT support (no Lambda,
+no custom ops).
 """
 
 from __future__ import annotations

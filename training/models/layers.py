@@ -14,6 +14,7 @@ def conv_bn_relu(x, filters: int, kernel_size: int = 3, strides: int = 1, name: 
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def probability_head(x, name: str = "probabilities"):
-    """The two output maps every edgeseg model predicts: [foreground, boundary]."""
-    return layers.Conv2D(2, 1, activation="sigmoid", dtype="float32", name=name)(x)
+def probability_head(x, channels: int = 2, name: str = "probabilities"):
+    """The output maps: [foreground, boundary], or with ``channels`` 3 also the distance map
+    (edgeseg.manifest.CHANNEL_LAYOUTS)."""
+    return layers.Conv2D(channels, 1, activation="sigmoid", dtype="float32", name=name)(x)

@@ -29,7 +29,10 @@ def residual_block(x, filters: int, strides: int, name: str):
 
 
 def build_resnet(
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256), blocks: int = 2, decoder_filters: int = 32
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+    blocks: int = 2,
+    decoder_filters: int = 32,
+    channels: int = 2,
 ) -> keras.Model:
     inputs = keras.Input(shape=(None, None, 1), name="image")
     x = conv_bn_relu(inputs, widths[0], name="stem")
@@ -45,4 +48,4 @@ def build_resnet(
         lateral = layers.Conv2D(decoder_filters, 1, name=f"lateral{stage}")(features[stage])
         x = layers.Add(name=f"merge{stage}")([x, lateral])
         x = conv_bn_relu(x, decoder_filters, name=f"smooth{stage}")
-    return keras.Model(inputs, probability_head(x), name="resnet")
+    return keras.Model(inputs, probability_head(x, channels), name="resnet")

@@ -13,7 +13,7 @@ from keras import layers
 from training.models.layers import conv_bn_relu, probability_head
 
 
-def build_unet(base_filters: int = 16, depth: int = 4) -> keras.Model:
+def build_unet(base_filters: int = 16, depth: int = 4, channels: int = 2) -> keras.Model:
     inputs = keras.Input(shape=(None, None, 1), name="image")
     x = inputs
     skips = []
@@ -31,4 +31,4 @@ def build_unet(base_filters: int = 16, depth: int = 4) -> keras.Model:
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = conv_bn_relu(x, filters, name=f"dec{level}a")
         x = conv_bn_relu(x, filters, name=f"dec{level}b")
-    return keras.Model(inputs, probability_head(x), name="unet")
+    return keras.Model(inputs, probability_head(x, channels), name="unet")
