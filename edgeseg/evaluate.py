@@ -6,6 +6,7 @@ segmenters (StarDist, Cellpose, ...) are compared with one implementation of the
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -47,13 +48,21 @@ def resolve_split(data_root: Path, split: str) -> Path:
 
 
 def prediction_path(pred_dir: Path, sample_id: str) -> Path | None:
-    """``<pred_dir>/<id>_labels.tif`` (or .tiff, or .png); None if absent.
+    """``<pred_dir>/<id>_labels.tif`` (or .tiff, or .png, in any letter case, as Windows
+    tools write them); None if absent.
 
     Two label files for one image are refused: which one holds the results to score is not
     for the evaluator to guess.
     """
-    candidates = [Path(pred_dir) / f"{sample_id}{suffix}" for suffix in PREDICTION_SUFFIXES]
-    found = [path for path in candidates if path.is_file()]
+    suffixes = {
+        path: path.name[len(sample_id) :].lower()
+        for path in Path(pred_dir).glob(f"{glob.escape(sample_id)}_*")
+    }
+    found = sorted(
+        (path for path, suffix in suffixes.items() if suffix in PREDICTION_SUFFIXES),
+        key=lambda path: PREDICTION_SUFFIXES.index(suffixes[path]),
+    )
+    found = [path for path in found if path.is_file()]
     if len(found) > 1:
         raise EvaluationError(
             f"{' and '.join(map(str, found))}: two label files for image {sample_id}; "

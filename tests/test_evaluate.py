@@ -96,6 +96,23 @@ def test_a_json_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
         assert result.output.splitlines()[-1] == message
 
 
+def test_a_json_path_naming_a_folder_is_refused_before_scoring(tmp_path):
+    result = _run(str(tmp_path), "--data", str(tmp_path), "--json", f"{tmp_path}/results/")
+    assert result.exit_code == 2
+    assert "results/ names a folder; give a file" in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_label_file_suffixes_are_found_in_any_letter_case(tmp_path):
+    truth = _plain_dataset(tmp_path / "data", count=2)
+    _write_predictions(tmp_path / "pred", truth, suffix=".TIF")
+    scores = evaluate_folder(tmp_path / "pred", tmp_path / "data", cache_dir=None)
+    assert sorted(scores["per_image"]) == ["s0", "s1"]
+    (tmp_path / "pred" / "s0_LABELS.png").write_bytes(b"")
+    with pytest.raises(EvaluationError, match="two label files for image s0"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "data", cache_dir=None)
+
+
 def test_split_picks_the_stage1_folder(tmp_path):
     root = tmp_path / "dsb"
     test_truth = _kaggle_split(root / "stage1_test", ["t1", "t2"], seed=0)

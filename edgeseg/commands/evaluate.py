@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -38,6 +39,16 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
+def json_destination(value: str | None) -> Path | None:
+    """``--json``'s file; a name ending in a separator is a folder (Path would drop the
+    separator and write a file of that name), refused before minutes of scoring."""
+    if value is None:
+        return None
+    if value.endswith(("/", os.sep)):
+        raise click.BadParameter(f"{value} names a folder; give a file, e.g. {value}scores.json")
+    return Path(value)
+
+
 @click.command("eval")
 @click.argument("pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @data_root_option
@@ -45,7 +56,8 @@ def summary_lines(result: dict) -> list[str]:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
+    callback=lambda context, parameter, value: json_destination(value),
     help="Also write aggregate and per-image scores to this JSON file.",
 )
 @click.option(
