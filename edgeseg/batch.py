@@ -192,11 +192,22 @@ def source_key(path: Path) -> str:
     return os.path.normcase(str(located(path)))
 
 
-def walk_images(folder: Path) -> Iterable[Path]:
+def refuse_unlistable(error: OSError) -> None:
+    """A folder that cannot be listed stops the batch: its images would be left out unseen."""
+    raise BatchError(
+        f"{error.filename}: cannot list this folder ({error.strerror}); its images would be "
+        "left out. Make it readable, or give the other folders instead"
+    )
+
+
+def walk_images(
+    folder: Path, on_unlistable: Callable[[OSError], None] = refuse_unlistable
+) -> Iterable[Path]:
     """Image files below ``folder`` in a stable order; hidden files and folders are skipped,
     and so are edgeseg's own outputs (a results folder kept beside the images) and the
-    annotations of the Kaggle / DSB2018 layout (a ``masks`` folder beside ``images``)."""
-    for root, dirs, files in os.walk(folder):
+    annotations of the Kaggle / DSB2018 layout (a ``masks`` folder beside ``images``).
+    A folder that cannot be listed goes to ``on_unlistable``."""
+    for root, dirs, files in os.walk(folder, onerror=on_unlistable):
         annotations = {"masks"} if "images" in dirs else set()
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in annotations)
         produced = outputs_recorded(Path(root))

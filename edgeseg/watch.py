@@ -73,8 +73,11 @@ class FolderWatcher:
         settings: BatchSettings,
         settle: float,
         patience: float = PATIENCE_S,
+        warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         check_output_folder(settings.output, [folder])
+        self.warn = warn
+        self._unlistable: set[str] = set()  # folders already warned about
         self.folder = folder
         self.segmenter = segmenter
         self.settings = settings
@@ -105,7 +108,7 @@ class FolderWatcher:
             if record is not None and isinstance(record.get("source"), str):
                 self._stems[source_key(Path(record["source"]))] = marker.stem
                 self._taken.add(marker.stem.casefold())
-        present = [self._job(path) for path in walk_images(self.folder)]
+        present = [self._job(path) for path in walk_images(self.folder, self._skip_unlistable)]
         here = {source_key(job.source) for job in present}
         for source in sorted(self._stems.keys() - here):  # images no longer here
             try:
@@ -122,6 +125,13 @@ class FolderWatcher:
                 self._tracked[source_key(job.source)] = _Tracked(job, signature, now)
         jobs = [result.job for result in self.results]
         write_summary(self.settings, self.results, earlier_rows(self.settings, jobs))
+
+    def _skip_unlistable(self, error: OSError) -> None:
+        """Watching goes on past a folder it cannot list (another user's, being set up),
+        saying so once; its images are taken when it becomes readable."""
+        if error.filename not in self._unlistable:
+            self._unlistable.add(error.filename)
+            self.warn(f"cannot list {error.filename} ({error.strerror}); its images wait")
 
     def _job(self, path: Path) -> ImageJob:
         key = source_key(path)
@@ -158,7 +168,7 @@ class FolderWatcher:
         """List the folder once; return the jobs whose files are complete now."""
         now = time.monotonic()
         ready, present = [], set()
-        for path in walk_images(self.folder):
+        for path in walk_images(self.folder, self._skip_unlistable):
             key = source_key(path)
             signature = source_stamp(path)
             if signature is None:

@@ -348,3 +348,38 @@ def test_tta_reaches_the_watcher_and_its_records(tmp_path: Path, model: Path) ->
     assert marker["settings"]["test_time_flips"] is True
     again = CliRunner().invoke(main, [*args, "--model", str(model)])  # without --tta
     assert again.exit_code == 1 and "test_time_flips" in again.output
+
+
+def _unlistable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Listing ``folder`` fails as a folder without read permission does (tests run as root,
+    which permissions do not stop)."""
+    import os
+
+    scandir = os.scandir
+
+    def refusing(path=".", *args):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+
+
+def test_an_unreadable_subfolder_is_named_by_segment_and_waited_for_by_watch(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    _write(folder / "a.png", 0)
+    _write(folder / "locked" / "b.png", 1)
+    _unlistable(monkeypatch, folder / "locked")
+    segment = CliRunner().invoke(
+        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
+    )
+    assert segment.exit_code == 1
+    assert f"{folder / 'locked'}: cannot list this folder (Permission denied)" in segment.output
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+    args = ["watch", str(folder), "-o", str(tmp_path / "w"), "--model", str(model)]
+    watch = CliRunner().invoke(main, [*args, "--settle", "0", "--interval", "0.05", "--once"])
+    assert watch.exit_code == 0, watch.output
+    assert watch.output.count(f"cannot list {folder / 'locked'} (Permission denied)") == 1
+    assert set(_summary(tmp_path / "w")) == {"a"}

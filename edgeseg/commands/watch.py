@@ -139,7 +139,7 @@ def watch(
         model, backend, threads, tile, diameter, test_time_flips=test_time_flips
     )
     try:
-        watcher = FolderWatcher(folder, segmenter, settings, settle)
+        watcher = FolderWatcher(folder, segmenter, settings, settle, warn=_log)
     except BatchError as error:
         raise click.ClickException(
             f"{error} (edgeseg watch never replaces results: use another output folder, or "
