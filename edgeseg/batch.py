@@ -286,6 +286,7 @@ def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
     """
     if output.exists() and not output.is_dir():
         raise BatchError(f"output {output} exists and is not a folder")
+    _check_writable(output)
     target = output.resolve()
     for item in inputs:
         folder = item.resolve() if item.is_dir() else item.resolve().parent
@@ -297,6 +298,18 @@ def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
                 "the images it reads. Choose a folder outside it, e.g. "
                 f"-o {folder.parent / (folder.name + '_edgeseg')}"
             )
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse, before any image is read, an output folder (or the folder it would be made in)
+    that this user cannot write: every image would fail, one by one."""
+    existing = next(folder for folder in (output, *output.absolute().parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == output else f"{existing}, where it would be made, "
+        raise BatchError(
+            f"output folder {output}: {where}is not writable by this user; "
+            "choose another -o or ask for write access"
+        )
 
 
 def plan_batch(

@@ -573,3 +573,24 @@ def test_diameter_reaches_segment_and_is_part_of_the_fingerprint(tmp_path: Path)
     ):
         with pytest.raises(BatchError, match="other settings.*diameter.*--overwrite"):
             plan_batch(jobs, other, manifest)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from edgeseg.batch import check_output_folder
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(  # as a non-root user sees a read-only folder (tests run as root)
+        os, "access", lambda path, mode: Path(path) != locked and access(path, mode)
+    )
+    with pytest.raises(BatchError, match=f"output folder {locked}: is not writable by this"):
+        check_output_folder(locked, [tmp_path / "in"])
+    inside = locked / "new" / "out"
+    with pytest.raises(BatchError, match=f"{inside}: {locked}, where it would be made, is not"):
+        check_output_folder(inside, [tmp_path / "in"])
+    check_output_folder(tmp_path / "free" / "out", [tmp_path / "in"])
