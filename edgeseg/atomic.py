@@ -51,7 +51,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         try:
             yield temporary_path
         except OSError as error:  # a write into the temporary file: a full disk, a quota
-            if error.filename is not None:
+            if error.filename not in (None, str(temporary_path)):
                 raise
             raise _naming(error, final) from error
         try:
@@ -86,4 +86,5 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) 
 
 
 def _naming(error: OSError, path: Path) -> OSError:
-    return type(error)(error.errno, error.strerror, str(path))
+    """``error`` about ``path``; one raised with a message alone keeps it as its reason."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))

@@ -18,6 +18,7 @@ Built for unattended runs on a clinic workstation:
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import queue
@@ -26,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -478,8 +479,11 @@ def _get(channel: queue.Queue, alive: Callable[[], bool]) -> object:
 
 
 def _describe(error: BaseException) -> str:
+    """One image's failure as summary.csv and the log show it, in the CLI's own words."""
     if isinstance(error, ImageReadError):
         return error.reason
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"  # not "[Errno 28] ...: '...'"
     return str(error) or type(error).__name__
 
 
@@ -633,23 +637,29 @@ def _write_outputs(
     settings: BatchSettings,
     fingerprint: Mapping[str, Any],
 ) -> tuple[int, float | None, float | None]:
-    """Write CSV, overlay and labels, then the done-marker last, each atomically.
+    """Write CSV, overlay and labels, then the done-marker last.
 
-    Everything that can fail short of the disk (too many nuclei, a measurement) is computed
-    before the first earlier result of this image is touched, so such a failure keeps them.
+    All three are written to temporary files first and renamed onto their names only once
+    every one is complete, so a failure (a full disk, a folder squatting on a name, too many
+    nuclei) leaves this image's earlier results, marker included, as they were.
     Returns the number of nuclei, their mean area and their median diameter (px).
     """
     job, image = work.job, work.image
     check_label_range(labels)
     rows = measure_nuclei(labels, to_gray(image))
     paths = settings.outputs(job.stem)
+    for path in paths.values():  # a rename onto a folder would fail after the others
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder has this output's name", str(path))
     overlay = draw_overlay(image, labels) if "overlay" in paths else None
     marker = settings.marker(job.stem)
-    marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
-    write_nuclei_csv(paths["nuclei"], rows)
-    if overlay is not None:
-        write_overlay(paths["overlay"], overlay)
-    write_labels(paths["labels"], labels)
+    with ExitStack() as renames:  # on leaving, each temporary replaces its output
+        temporary = {key: renames.enter_context(atomic_path(path)) for key, path in paths.items()}
+        write_nuclei_csv(temporary["nuclei"], rows)
+        if overlay is not None:
+            write_overlay(temporary["overlay"], overlay)
+        write_labels(temporary["labels"], labels)
+        marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
     for stale in settings.stale_outputs(job.stem):
         stale.unlink(missing_ok=True)
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None

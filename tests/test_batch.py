@@ -299,6 +299,43 @@ def test_overwrite_that_fails_keeps_the_earlier_results(tmp_path: Path) -> None:
     assert again.marker("img01").is_file()
 
 
+def test_a_write_failing_midway_leaves_every_earlier_output_and_the_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import edgeseg.batch
+    from edgeseg.atomic import atomic_path
+
+    _write_images(tmp_path / "in", 1)
+    jobs = discover_images([tmp_path / "in"])
+    settings = BatchSettings(output=tmp_path / "out", overlay=True)
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").rglob("img00*")}
+    again = BatchSettings(output=tmp_path / "out", overlay=True, overwrite=True, diameter=30.0)
+
+    def disk_full(path: Path, labels: np.ndarray) -> None:  # as write_labels meets it
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"half a TIFF")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:  # the labels are written after the CSV and overlay
+        patch.setattr(edgeseg.batch, "write_labels", disk_full)
+        result = run_batch(ThresholdSegmenter(), plan_batch(jobs, again, MANIFEST), again)[0]
+    assert result.status == "failed"
+    assert f"{tmp_path / 'out' / 'img00_labels.tif'}: No space left on device" in result.error
+    after = {path.name: path.read_bytes() for path in (tmp_path / "out").rglob("img00*")}
+    assert after == before  # CSV, overlay, labels and done-marker as the first run left them
+    assert not [path for path in (tmp_path / "out").iterdir() if ".part" in path.name]
+
+    (tmp_path / "out" / "img00_overlay.png").unlink()
+    (tmp_path / "out" / "img00_overlay.png").mkdir()  # a folder squatting on a name
+    result = run_batch(ThresholdSegmenter(), plan_batch(jobs, again, MANIFEST), again)[0]
+    assert result.status == "failed" and "img00_overlay.png" in result.error
+    assert (tmp_path / "out" / "img00_nuclei.csv").read_bytes() == before["img00_nuclei.csv"]
+    assert again.marker("img00").is_file()
+
+
 def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> None:
     paths = _write_images(tmp_path / "in", 3)
     (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
@@ -440,7 +477,7 @@ def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
     results = run_batch(ThresholdSegmenter(), plan, settings)
     assert [r.status for r in results] == ["ok", "failed", "ok"]
-    assert results[1].error == "No space left on device"
+    assert results[1].error == f"{tmp_path / 'out' / 'img01_labels.tif'}: No space left on device"
     assert not (tmp_path / "out" / ".edgeseg-done" / "img01.json").exists()
 
 
