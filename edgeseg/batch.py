@@ -313,6 +313,31 @@ def _check_writable(output: Path) -> None:
         )
 
 
+#: Held in OUT while a run writes there (edgeseg.batch.output_lock).
+LOCK_NAME = ".edgeseg.lock"
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold OUT for one run: two runs writing one summary.csv (and the same images'
+    outputs) would each undo the other's rows. A second run is refused, not queued."""
+    from filelock import FileLock, Timeout
+
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BatchError(
+            f"another edgeseg run is writing into {output}; wait for it to end, or choose "
+            "another -o"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def plan_batch(
     jobs: Sequence[ImageJob], settings: BatchSettings, manifest: Mapping[str, Any]
 ) -> BatchPlan:

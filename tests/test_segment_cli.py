@@ -435,3 +435,25 @@ def test_onnx_models_run_two_images_at_once_on_half_the_cores(model: Path, monke
     assert _runs_in_parallel(str(model), None)
     assert not _runs_in_parallel(str(model), "onnx-cuda")  # a GPU: one image at a time
     assert not _runs_in_parallel(str(model.with_name("missing.onnx")), None)
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path: Path, model: Path) -> None:
+    from filelock import FileLock
+
+    from edgeseg.batch import LOCK_NAME
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(out / LOCK_NAME):  # as another run into OUT holds it
+        for command in ("segment", "watch"):
+            extra = ["--once"] if command == "watch" else []
+            result = CliRunner().invoke(
+                main, [command, str(tmp_path / "in"), "-o", str(out), "--model", str(model), *extra]
+            )
+            assert result.exit_code == 1, result.output
+            assert f"another edgeseg run is writing into {out}" in result.output
+            assert not (out / "summary.csv").exists()
+    result = _run(model, tmp_path / "in", "-o", out)
+    assert result.exit_code == 0, result.output  # free again once that run ends

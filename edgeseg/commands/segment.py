@@ -165,6 +165,7 @@ def segment(
         ImageResult,
         check_output_folder,
         discover_images,
+        output_lock,
         plan_batch,
         run_batch,
         summary_lines,
@@ -195,7 +196,8 @@ def segment(
     segmenter, workers = load_for_batch(
         model, backend, threads, tile, diameter, test_time_flips=test_time_flips
     )
-    try:
+    try:  # held until the command ends
+        click.get_current_context().with_resource(output_lock(output))
         plan = plan_batch(jobs, settings, segmenter.manifest)
     except BatchError as error:
         raise click.ClickException(str(error)) from error

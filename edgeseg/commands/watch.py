@@ -120,7 +120,14 @@ def watch(
       edgeseg watch incoming/ -o results/ --model exported/unet.onnx --once
       edgeseg watch /srv/edgeseg/in -o /srv/edgeseg/out --diameter 80
     """
-    from edgeseg.batch import BatchError, BatchSettings, ImageResult, summary_lines
+    from edgeseg.batch import (
+        BatchError,
+        BatchSettings,
+        ImageResult,
+        check_output_folder,
+        output_lock,
+        summary_lines,
+    )
     from edgeseg.imageio import DEFAULT_MAX_MEGAPIXELS
     from edgeseg.watch import FolderWatcher, watch_folder
 
@@ -139,6 +146,8 @@ def watch(
         model, backend, threads, tile, diameter, test_time_flips=test_time_flips
     )
     try:
+        check_output_folder(output, [folder])  # before the lock makes OUT
+        click.get_current_context().with_resource(output_lock(output))  # until the end
         watcher = FolderWatcher(folder, segmenter, settings, settle, warn=_log)
     except BatchError as error:
         raise click.ClickException(
