@@ -44,6 +44,7 @@ from export.pipeline import (
     BaseExporter,
     ExportError,
     Outcome,
+    source_record,
     tool_versions,
 )
 from export.targets import TARGETS, Precision, Target
@@ -171,10 +172,8 @@ class MaskRCNNExporter(BaseExporter):
             "model": self.model_name,
             "target": target.name,
             "precision": target.precision,
-            "source": {
-                "path": str(self.source),
-                "sha256": self.source_manifest["sha256"],  # the manifest pins every graph
-            },
+            # the source manifest pins every graph
+            "source": source_record(self.source, self.source_manifest["sha256"], folder),
             "input": self.source_manifest.get("input", {}),
             "preprocess": self.source_manifest.get("preprocess", PREPROCESS),
         }
@@ -263,7 +262,7 @@ class MaskRCNNExporter(BaseExporter):
             )
         fields = {key: onnx_manifest[key] for key in INHERITED if key in onnx_manifest}
         fields["name"] = f"{onnx_manifest['name']}-engine"
-        fields["source"] = {"path": str(onnx_manifest_path), "sha256": onnx_manifest["sha256"]}
+        fields["source"] = source_record(onnx_manifest_path, onnx_manifest["sha256"], folder)
         graph_fields = {
             name: {k: v for k, v in graphs[name].items() if k not in _GRAPH_FILE_KEYS}
             for name in GRAPHS

@@ -12,6 +12,7 @@ which shares `BaseExporter`'s calibration crops, reference labels and gate.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -152,6 +153,16 @@ def tool_versions() -> dict[str, str]:
     return {"edgeseg": __version__} | {
         name: str(getattr(module, "__version__", "unknown")) for name, module in loaded.items()
     }
+
+
+def source_record(source: Path, sha256: str, artifact_folder: Path) -> dict[str, str]:
+    """What an artifact was made from: its path from the artifact's folder (the same from
+    any working folder, and as long as the two move together), else absolute."""
+    try:
+        path = os.path.relpath(source.resolve(), artifact_folder.resolve())
+    except ValueError:  # Windows: another drive
+        path = str(source.resolve())
+    return {"path": Path(path).as_posix(), "sha256": sha256}
 
 
 class BaseExporter:
@@ -354,7 +365,7 @@ class Exporter(BaseExporter):
             "target": target.name,
             "backend": "litert" if target.stage == "tflite" else "onnx",
             "precision": target.precision,
-            "source": {"path": str(self.source), "sha256": self.source_sha256},
+            "source": source_record(self.source, self.source_sha256, self.out_dir),
             "input": tensors[0],
             "output": tensors[1],
             "output_channels": list(output_channels(self.source_manifest)),
@@ -435,7 +446,7 @@ class Exporter(BaseExporter):
         )
         fields = {key: onnx_manifest[key] for key in INHERITED if key in onnx_manifest}
         fields["backend"] = "tensorrt"
-        fields["source"] = {"path": str(onnx_path), "sha256": file_sha256(onnx_path)}
+        fields["source"] = source_record(onnx_path, file_sha256(onnx_path), engine.parent)
         outcome.artifacts.append(self._verified(engine, fields))
         return outcome
 

@@ -18,7 +18,13 @@ from click.testing import CliRunner
 from conftest import synthetic_he, synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
-from edgeseg.manifest import ManifestError, manifest_path, read_manifest, write_manifest
+from edgeseg.manifest import (
+    ManifestError,
+    file_sha256,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from edgeseg.preprocess import normalize, preprocess_spec, preprocessing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -135,6 +141,9 @@ def test_artifact_runs_in_the_runtime_like_keras(name: str, outcomes: dict, kera
     assert manifest["input"]["shape"][1:] == [TILE, TILE, 1]
     assert {"tensorflow", "keras"} <= set(manifest["tools"])
     assert manifest["nucleus_diameter"] == NUCLEUS_DIAMETER
+    assert manifest["output_channels"] == ["foreground", "boundary"]
+    made_from = (artifact.path.parent / manifest["source"]["path"]).resolve()  # from any cwd
+    assert file_sha256(made_from) == manifest["source"]["sha256"]
     verification = manifest["verification"]
     assert verification["status"] == "passed" and verification["images"] == len(VALIDATION)
 
