@@ -117,6 +117,9 @@ def test_a_distance_model_trains_exports_and_segments(tmp_path: Path) -> None:
     assert manifest["output"]["shape"][-1] == 3
     row = next(csv.DictReader((run / "log.csv").open()))
     assert float(row["val_distance_threshold"]) in (0.0, 0.3, 0.5, 0.7)  # tried per epoch
+    from training.card import render_card
+
+    assert "output [foreground, boundary, distance] (distance: each" in render_card(run)
     segmenter = load_segmenter(run / "model.keras")
     image = samples[3].image
     assert segmenter.predict_probabilities(image).shape == (*image.shape, 3)

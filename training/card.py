@@ -36,6 +36,13 @@ SPLITS = ("train", "validation", "validation_x3", "test")
 STAINED_INPUT = {"luma": "inverted luma", "hematoxylin": "hematoxylin density"}
 
 
+#: What the card says of a model with the distance map (training/targets.py).
+DISTANCE_NOTE = (
+    " (distance: each nucleus's distance to its edge over its largest, trained with weight "
+    "`distance_weight`; seeds need it over the manifest's `distance_threshold`)"
+)
+
+
 def _percent(value: float | None, key: str) -> str:
     if value is None:
         return "not measured"
@@ -171,7 +178,8 @@ def render_card(run_dir: Path) -> str:
         "",
         f"- Architecture: `{config.model}` {json.dumps(config.model_kwargs)}; input one "
         "normalised gray channel (edgeseg.preprocess; stained slides as "
-        f"{STAINED_INPUT[config.stained_channel]}), output [foreground, boundary].",
+        f"{STAINED_INPUT[config.stained_channel]}), output [{', '.join(config.output_channels)}]"
+        f"{DISTANCE_NOTE if 'distance' in config.output_channels else ''}.",
         f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
         f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
         data_line(config.data_copy),
