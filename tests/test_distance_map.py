@@ -47,6 +47,26 @@ def test_targets_follow_the_requested_channels() -> None:
     np.testing.assert_array_equal(targets[..., 2], edge_distance(labels))
 
 
+def test_crops_keep_the_whole_image_distance_of_the_nuclei_they_cut() -> None:
+    from training.augment import AugmentConfig, random_crop
+
+    labels = np.zeros((96, 96), np.uint16)
+    labels[4:92, 4:92] = 1  # one nucleus far bigger than a crop
+    image = (labels > 0).astype(np.float32)
+    whole = edge_distance(labels)
+    config = AugmentConfig(crop=32, scale_range=(1.0, 1.0))  # no resampling: exact values
+    peaks = []
+    for seed in range(8):
+        _, targets = random_crop(
+            image, labels, config, np.random.default_rng(seed), DISTANCE_CHANNELS, whole
+        )
+        assert np.isin(targets[..., 2], whole).all()  # moved, never re-measured on the crop
+        peaks.append(targets[..., 2].max())
+    assert min(peaks) < 0.8  # a crop beside the centre does not see a centre of its own
+    with pytest.raises(ValueError, match="whole image's edge_distance"):
+        random_crop(image, labels, config, np.random.default_rng(0), DISTANCE_CHANNELS)
+
+
 def test_distance_seeds_split_touching_nuclei_the_boundary_map_missed() -> None:
     labels = _touching_pair()
     maps = np.zeros((*labels.shape, 3), np.float32)

@@ -39,34 +39,56 @@ def random_crop(
     config: AugmentConfig,
     rng: np.random.Generator,
     channels: Sequence[str] = OUTPUT_CHANNELS,
+    distance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (crop, crop, 1) input and its (crop, crop, len(channels)) targets."""
-    image, labels = augmented_crop(image, labels, config, rng)
-    return image, make_targets(labels, channels)
+    """One augmented (crop, crop, 1) input and its (crop, crop, len(channels)) targets.
+
+    ``distance`` is ``training.targets.edge_distance(labels)`` of the whole image, needed when
+    the targets include it: measured before cropping, a nucleus the crop cuts keeps its true
+    profile (its centre may lie outside the crop) instead of peaking on the crop's edge, which
+    taught a network to see centres where tiles end (training/README.md, session 11).
+    """
+    if "distance" not in channels:
+        image, labels = augmented_crop(image, labels, config, rng)
+        return image, make_targets(labels, channels)
+    if distance is None:
+        raise ValueError("distance targets need the whole image's edge_distance map")
+    planes, labels = _geometry(np.dstack([image, distance]), labels, config, rng)
+    image = _intensity(np.ascontiguousarray(planes[..., 0]), config, rng)
+    cropped_distance = np.ascontiguousarray(planes[..., 1])
+    return image[..., None], make_targets(labels, channels, distance=cropped_distance)
 
 
 def augmented_crop(
     image: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented float32 (crop, crop, 1) input and its (crop, crop) instance labels."""
+    image, labels = _geometry(image, labels, config, rng)
+    image = _intensity(np.ascontiguousarray(image), config, rng)
+    return image[..., None], labels
+
+
+def _geometry(
+    planes: np.ndarray, labels: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop, rescale, rotate and flip (H, W) or (H, W, C) ``planes`` and their labels alike."""
     scale = float(np.exp(rng.uniform(*np.log(config.scale_range))))
     source = max(8, int(round(config.crop / scale)))
-    while pads := _pads_towards(image.shape[:2], source):
-        image, labels = _mirror_padded(image, labels, pads)
-    y = int(rng.integers(0, image.shape[0] - source + 1))
-    x = int(rng.integers(0, image.shape[1] - source + 1))
-    image = image[y : y + source, x : x + source]
+    while pads := _pads_towards(planes.shape[:2], source):
+        planes, labels = _mirror_padded(planes, labels, pads)
+    y = int(rng.integers(0, planes.shape[0] - source + 1))
+    x = int(rng.integers(0, planes.shape[1] - source + 1))
+    planes = planes[y : y + source, x : x + source]
     labels = labels[y : y + source, x : x + source]
     if source != config.crop:
         size = (config.crop, config.crop)
-        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        planes = cv2.resize(planes, size, interpolation=cv2.INTER_LINEAR)
         labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
     rotations = int(rng.integers(0, 4))
-    image, labels = np.rot90(image, rotations), np.rot90(labels, rotations)
+    planes, labels = np.rot90(planes, rotations), np.rot90(labels, rotations)
     if rng.random() < 0.5:
-        image, labels = image[:, ::-1], labels[:, ::-1]
-    image = _intensity(np.ascontiguousarray(image), config, rng)
-    return image[..., None], np.ascontiguousarray(labels)
+        planes, labels = planes[:, ::-1], labels[:, ::-1]
+    return planes, np.ascontiguousarray(labels)
 
 
 def _pads_towards(shape: tuple[int, ...], size: int) -> tuple[tuple[int, int], ...] | None:
@@ -90,7 +112,7 @@ def _mirror_padded(
     what it sees. Each of the eight mirrored regions gets its own label range, so a nucleus
     cut by the edge and its mirror image stay two instances with a boundary between them.
     """
-    image = np.pad(image, pads, mode="reflect")
+    image = np.pad(image, pads + ((0, 0),) * (image.ndim - 2), mode="reflect")  # any planes
     mirrored = np.pad(labels, pads, mode="reflect").astype(np.int32)
     (top, bottom), (left, right) = pads
     row_band = np.repeat([0, 1, 2], [top, labels.shape[0], bottom])

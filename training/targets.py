@@ -59,6 +59,18 @@ TARGETS = {
 }
 
 
-def make_targets(labels: np.ndarray, channels: Sequence[str] = OUTPUT_CHANNELS) -> np.ndarray:
-    """(H, W) labels -> (H, W, len(channels)) float32 targets, in ``channels``' order."""
-    return np.stack([TARGETS[channel](labels) for channel in channels], axis=-1)
+def make_targets(
+    labels: np.ndarray,
+    channels: Sequence[str] = OUTPUT_CHANNELS,
+    distance: np.ndarray | None = None,
+) -> np.ndarray:
+    """(H, W) labels -> (H, W, len(channels)) float32 targets, in ``channels``' order;
+    ``distance``, when given, is the distance map (measured before cropping, see
+    training.augment.random_crop) instead of one measured on ``labels``."""
+    return np.stack(
+        [
+            distance if channel == "distance" and distance is not None else TARGETS[channel](labels)
+            for channel in channels
+        ],
+        axis=-1,
+    )

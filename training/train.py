@@ -35,6 +35,7 @@ from training.selection import (
     score_settings,
     with_distance,
 )
+from training.targets import edge_distance
 
 #: The validation metrics every run logs (as ``val_<key>``), semantic models and Mask R-CNN.
 VALIDATION_KEYS = ("pixel_iou", "dsb_score", "ap50", "f1_50", "mean_iou_2class")
@@ -62,6 +63,11 @@ def _crop_dataset(
 ):
     import keras
 
+    # measured once on whole images, so crops keep each nucleus's true distance profile
+    distances = [
+        edge_distance(label) if "distance" in config.output_channels else None for label in labels
+    ]
+
     class CropBatches(keras.utils.PyDataset):
         """Deterministic batches: batch i of epoch e always comes from seed (seed, e, i)."""
 
@@ -76,7 +82,9 @@ def _crop_dataset(
             rng = np.random.default_rng([config.seed, self.epoch, index])
             picks = rng.choice(len(images), size=config.batch_size, p=weights)
             pairs = [
-                random_crop(images[i], labels[i], config.augment, rng, config.output_channels)
+                random_crop(
+                    images[i], labels[i], config.augment, rng, config.output_channels, distances[i]
+                )
                 for i in picks
             ]
             return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
@@ -183,7 +191,8 @@ def train_on_samples(
                 logs[f"val_{key}"] = metrics[key]
             logs["val_selection_score"] = score
             for key in ("foreground_threshold", "boundary_threshold", "distance_threshold"):
-                logs[f"val_{key}"] = best["settings"][key]
+                if key in epoch_grid:  # a run's log keeps its columns when it is resumed
+                    logs[f"val_{key}"] = best["settings"][key]
             state["wall_seconds"] += time.time() - self.started
             logs["seconds"] = state["wall_seconds"]
             state["epoch"] = epoch + 1
