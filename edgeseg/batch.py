@@ -194,7 +194,10 @@ def source_key(path: Path) -> str:
 
 
 def refuse_unlistable(error: OSError) -> None:
-    """A folder that cannot be listed stops the batch: its images would be left out unseen."""
+    """A folder that cannot be listed stops the batch: its images would be left out unseen.
+    One removed while the batch is listed (files being moved) held nothing to do."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        return
     raise BatchError(
         f"{error.filename}: cannot list this folder ({error.strerror}); its images would be "
         "left out. Make it readable, or give the other folders instead"
@@ -324,7 +327,8 @@ def output_lock(output: Path) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     output.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(output / LOCK_NAME)
+    # writable by all: a lock file one user left must not shut out the next (a service)
+    lock = FileLock(output / LOCK_NAME, mode=0o666)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -332,6 +336,11 @@ def output_lock(output: Path) -> Iterator[None]:
             f"another edgeseg run is writing into {output}; wait for it to end, or choose "
             "another -o"
         ) from None
+    except (OSError, NotImplementedError) as error:  # e.g. no file locks on a network share
+        raise BatchError(
+            f"{output / LOCK_NAME}: cannot lock the output folder ({error}); it is safe to "
+            "delete this file when no other edgeseg run writes there"
+        ) from error
     try:
         yield
     finally:
@@ -665,8 +674,10 @@ def _write_outputs(
     """Write CSV, overlay and labels, then the done-marker last.
 
     All three are written to temporary files first and renamed onto their names only once
-    every one is complete, so a failure (a full disk, a folder squatting on a name, too many
-    nuclei) leaves this image's earlier results, marker included, as they were.
+    every one is complete, so a failure while writing (a full disk, a folder squatting on a
+    name, too many nuclei) leaves this image's earlier results, marker included, as they
+    were. A rename that fails (a CSV held open on Windows; the CSV goes first) leaves the
+    image without its marker, so the next run does it again.
     Returns the number of nuclei, their mean area and their median diameter (px).
     """
     job, image = work.job, work.image
@@ -679,7 +690,9 @@ def _write_outputs(
     overlay = draw_overlay(image, labels) if "overlay" in paths else None
     marker = settings.marker(job.stem)
     with ExitStack() as renames:  # on leaving, each temporary replaces its output
-        temporary = {key: renames.enter_context(atomic_path(path)) for key, path in paths.items()}
+        # entered last, left first: the CSV, the file most often held open, is renamed first
+        order = sorted(paths, key=lambda key: key == "nuclei")
+        temporary = {key: renames.enter_context(atomic_path(paths[key])) for key in order}
         write_nuclei_csv(temporary["nuclei"], rows)
         if overlay is not None:
             write_overlay(temporary["overlay"], overlay)

@@ -73,7 +73,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
         if path.suffix.lower() in TIFF_SUFFIXES:
             tifffile.imwrite(temporary, labels16, compression="zlib")
         elif not cv2.imwrite(str(temporary), labels16):
-            raise OSError(f"{path}: could not write {path.suffix} image")
+            raise OSError(f"could not write a {path.suffix} image")  # atomic_path names it
 
 
 DEFAULT_MAX_MEGAPIXELS = 100.0

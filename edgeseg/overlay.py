@@ -49,4 +49,4 @@ def write_overlay(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB overlay (``draw_overlay``) as a PNG, atomically."""
     with atomic_path(path) as temporary:
         if not cv2.imwrite(str(temporary), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: could not write the overlay PNG")
+            raise OSError("could not write the overlay PNG")  # atomic_path names the file

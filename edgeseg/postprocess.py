@@ -67,7 +67,7 @@ def instances_from_probabilities(
         )
     mask = (foreground > settings.foreground_threshold).astype(np.uint8)
     seeds_mask = mask & (boundary < settings.boundary_threshold).astype(np.uint8)
-    if distance is not None:
+    if distance is not None and settings.distance_threshold > 0:
         seeds_mask &= (distance > settings.distance_threshold).astype(np.uint8)
     seed_count, seeds, seed_stats, _ = cv2.connectedComponentsWithStats(
         seeds_mask, connectivity=8, ltype=cv2.CV_32S

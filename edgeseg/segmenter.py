@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import Backend, load_backend
-from edgeseg.manifest import ManifestError, read_manifest, refuse_rejected
+from edgeseg.manifest import ManifestError, output_channels, read_manifest, refuse_rejected
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import is_maskrcnn, resolve_model
 from edgeseg.postprocess import PostprocessSettings, labels_from_maps
@@ -42,6 +42,11 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
     for key, value in chosen.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
             raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
+    if not 0 <= chosen.get("distance_threshold", 0) < 1:  # 1 or more would keep no seed
+        raise ManifestError(
+            f"manifest postprocess distance_threshold must lie in [0, 1), got "
+            f"{chosen['distance_threshold']!r}"
+        )
     return PostprocessSettings(**chosen)
 
 
@@ -60,6 +65,11 @@ class Segmenter:
         self.backend = backend
         self.manifest = dict(manifest)
         self.settings = settings or postprocess_settings(manifest)
+        if self.settings.distance_threshold > 0 and "distance" not in output_channels(manifest):
+            raise ValueError(  # else every image would fail on its own
+                f"postprocess distance_threshold {self.settings.distance_threshold} needs a "
+                f"distance map; this model predicts {', '.join(output_channels(manifest))}"
+            )
         self.tiles = tiles or TileSettings.from_manifest(manifest)
         self.test_time_flips = test_time_flips
         self.stained_channel = preprocessing(manifest)

@@ -129,6 +129,8 @@ class FolderWatcher:
     def _skip_unlistable(self, error: OSError) -> None:
         """Watching goes on past a folder it cannot list (another user's, being set up),
         saying so once; its images are taken when it becomes readable."""
+        if isinstance(error, FileNotFoundError | NotADirectoryError):
+            return  # removed since it was listed: nothing there to wait for
         if error.filename not in self._unlistable:
             self._unlistable.add(error.filename)
             self.warn(f"cannot list {error.filename} ({error.strerror}); its images wait")

@@ -26,6 +26,7 @@ from edgeseg import __version__
 from edgeseg.atomic import atomic_path
 from edgeseg.data.dataset import Sample
 from edgeseg.manifest import (
+    CHANNEL_LAYOUTS,
     ManifestError,
     file_sha256,
     manifest_path,
@@ -159,9 +160,9 @@ def source_record(source: Path, sha256: str, artifact_folder: Path) -> dict[str,
     """What an artifact was made from: its path from the artifact's folder (the same from
     any working folder, and as long as the two move together), else absolute."""
     try:
-        path = os.path.relpath(source.resolve(), artifact_folder.resolve())
+        path = os.path.relpath(os.path.abspath(source), os.path.abspath(artifact_folder))
     except ValueError:  # Windows: another drive
-        path = str(source.resolve())
+        path = os.path.abspath(source)
     return {"path": Path(path).as_posix(), "sha256": sha256}
 
 
@@ -217,6 +218,20 @@ class BaseExporter:
     def _source_segmenter(self) -> SegmentsImages:
         """The source model in the runtime, segmenting as the artifacts will."""
         raise NotImplementedError
+
+    def _channels(self, recorded: dict[str, Any]) -> list[str]:
+        """The Keras model's output maps: as its manifest names them, else by their count."""
+        count = self._model.output_shape[-1]
+        if "output_channels" in recorded:
+            channels = list(output_channels(recorded))
+        else:  # a .keras without its manifest
+            channels = next((list(lay) for lay in CHANNEL_LAYOUTS if len(lay) == count), [])
+        if len(channels) != count:
+            raise ExportError(
+                f"{self.source}: the model returns {count} maps per pixel, its manifest names "
+                f"{channels or 'no layout of that many'}; not an edgeseg segmentation model"
+            )
+        return channels
 
     @property
     def crop_size(self) -> int:
@@ -326,7 +341,7 @@ class Exporter(BaseExporter):
             "preprocess": {**PREPROCESS, **recorded.get("preprocess", {})},
             # thresholds tuned on validation travel with the model (training/tune_postprocess.py)
             "postprocess": recorded.get("postprocess", PostprocessSettings().to_dict()),
-            "output_channels": list(output_channels(recorded)),
+            "output_channels": self._channels(recorded),
         }
         if "nucleus_diameter" in recorded:  # the training nuclei's size, for segment --diameter
             manifest["nucleus_diameter"] = recorded["nucleus_diameter"]

@@ -468,8 +468,8 @@ def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     real_write = batch.write_labels
 
     def flaky(path: Path, labels: np.ndarray) -> None:
-        if "img01" in path.name:
-            raise OSError("No space left on device")
+        if "img01" in path.name:  # as the writers raise it: about the file they write
+            raise OSError(28, "No space left on device", str(path))
         real_write(path, labels)
 
     monkeypatch.setattr(batch, "write_labels", flaky)

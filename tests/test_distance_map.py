@@ -74,6 +74,9 @@ def test_distance_seeds_split_touching_nuclei_the_boundary_map_missed() -> None:
     maps[..., 2] = edge_distance(labels)
     assert labels_from_maps(maps[..., :2]).max() == 1
     assert labels_from_maps(maps).max() == 1  # threshold 0 ignores the distance map
+    silent = maps.copy()
+    silent[..., 2] = 0.0  # as an int8 output may round it: still ignored at threshold 0
+    np.testing.assert_array_equal(labels_from_maps(silent), labels_from_maps(maps[..., :2]))
     split = labels_from_maps(maps, PostprocessSettings(distance_threshold=0.5))
     assert split.max() == 2
     for label in (1, 2):
@@ -106,6 +109,25 @@ def test_the_runtime_expects_as_many_maps_as_the_manifest_names(tmp_path: Path) 
     with pytest.raises(ManifestError, match="output_channels") as error:
         load_backend(model)
     assert str(path) in str(error.value)
+
+
+def test_a_manifest_asking_for_a_missing_distance_map_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    from edgeseg.segmenter import load_segmenter
+
+    model = threshold_model(tmp_path / "two_maps.onnx")
+    path = manifest_path(model)
+    manifest = json.loads(path.read_text())
+    manifest["postprocess"]["distance_threshold"] = 0.5
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="distance_threshold 0.5 needs a distance map") as error:
+        load_segmenter(model)
+    assert str(model) in str(error.value)
+    manifest["postprocess"]["distance_threshold"] = 1.0
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"distance_threshold must lie in \[0, 1\)"):
+        load_segmenter(model)
 
 
 def test_a_distance_model_trains_exports_and_segments(tmp_path: Path) -> None:

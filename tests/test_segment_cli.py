@@ -455,5 +455,25 @@ def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path: Path, mod
             assert result.exit_code == 1, result.output
             assert f"another edgeseg run is writing into {out}" in result.output
             assert not (out / "summary.csv").exists()
+    (out / LOCK_NAME).unlink()  # made by this test; edgeseg makes its own writable by all
     result = _run(model, tmp_path / "in", "-o", out)
     assert result.exit_code == 0, result.output  # free again once that run ends
+    assert (out / LOCK_NAME).stat().st_mode & 0o777 == 0o666  # another user's run may take it
+
+
+def test_an_output_folder_without_file_locks_is_named(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from filelock import FileLock
+
+    from edgeseg.batch import LOCK_NAME
+
+    def unsupported(self, *args, **kwargs):
+        raise NotImplementedError("FileSystem does not appear to support flock")
+
+    monkeypatch.setattr(FileLock, "acquire", unsupported)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = _run(model, tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'out' / LOCK_NAME}: cannot lock the output folder" in result.output

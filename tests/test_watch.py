@@ -350,16 +350,18 @@ def test_tta_reaches_the_watcher_and_its_records(tmp_path: Path, model: Path) ->
     assert again.exit_code == 1 and "test_time_flips" in again.output
 
 
-def _unlistable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+def _unlistable(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, error: type[OSError] = PermissionError
+) -> None:
     """Listing ``folder`` fails as a folder without read permission does (tests run as root,
-    which permissions do not stop)."""
+    which permissions do not stop), or as one removed since its parent was listed."""
     import os
 
     scandir = os.scandir
 
     def refusing(path=".", *args):
         if Path(path) == folder:
-            raise PermissionError(13, "Permission denied", str(folder))
+            raise error(13, "Permission denied", str(folder))
         return scandir(path, *args)
 
     monkeypatch.setattr(os, "scandir", refusing)
@@ -383,3 +385,17 @@ def test_an_unreadable_subfolder_is_named_by_segment_and_waited_for_by_watch(
     assert watch.exit_code == 0, watch.output
     assert watch.output.count(f"cannot list {folder / 'locked'} (Permission denied)") == 1
     assert set(_summary(tmp_path / "w")) == {"a"}
+
+
+def test_a_subfolder_removed_while_listing_is_no_error(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    _write(folder / "a.png", 0)
+    (folder / "moving").mkdir()
+    _unlistable(monkeypatch, folder / "moving", FileNotFoundError)
+    result = CliRunner().invoke(
+        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
+    )
+    assert result.exit_code == 0, result.output
+    assert set(_summary(tmp_path / "s")) == {"a"}
