@@ -6,7 +6,6 @@ segmenters (StarDist, Cellpose, ...) are compared with one implementation of the
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -47,28 +46,28 @@ def resolve_split(data_root: Path, split: str) -> Path:
     return data_root
 
 
-def prediction_path(pred_dir: Path, sample_id: str) -> Path | None:
+def prediction_paths(pred_dir: Path, ids: Iterable[str]) -> dict[str, Path | None]:
     """``<pred_dir>/<id>_labels.tif`` (or .tiff, or .png, in any letter case, as Windows
-    tools write them); None if absent.
+    tools write them) for each id; None where absent. The folder is listed once.
 
     Two label files for one image are refused: which one holds the results to score is not
     for the evaluator to guess.
     """
-    suffixes = {
-        path: path.name[len(sample_id) :].lower()
-        for path in Path(pred_dir).glob(f"{glob.escape(sample_id)}_*")
-    }
-    found = sorted(
-        (path for path, suffix in suffixes.items() if suffix in PREDICTION_SUFFIXES),
-        key=lambda path: PREDICTION_SUFFIXES.index(suffixes[path]),
-    )
-    found = [path for path in found if path.is_file()]
-    if len(found) > 1:
-        raise EvaluationError(
-            f"{' and '.join(map(str, found))}: two label files for image {sample_id}; "
-            "remove the one that is not the result to score"
-        )
-    return found[0] if found else None
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for path in Path(pred_dir).iterdir():
+        for rank, suffix in enumerate(PREDICTION_SUFFIXES):
+            if path.name.lower().endswith(suffix) and path.is_file():
+                found.setdefault(path.name[: -len(suffix)], []).append((rank, path))
+    paths: dict[str, Path | None] = {}
+    for sample_id in ids:
+        candidates = [path for _, path in sorted(found.get(sample_id, []))]
+        if len(candidates) > 1:
+            raise EvaluationError(
+                f"{' and '.join(map(str, candidates))}: two label files for image {sample_id}; "
+                "remove the one that is not the result to score"
+            )
+        paths[sample_id] = candidates[0] if candidates else None
+    return paths
 
 
 def evaluate_folder(
@@ -97,7 +96,7 @@ def evaluate_folder(
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise EvaluationError(f"{folder}: ids not in dataset: {unknown[:5]}")
-    paths = {sample_id: prediction_path(pred_dir, sample_id) for sample_id in wanted}
+    paths = prediction_paths(pred_dir, wanted)
     missing = [sample_id for sample_id, path in paths.items() if path is None]
     if missing and not allow_missing:
         expected = pred_dir / f"{missing[0]}_labels.tif"
