@@ -323,7 +323,8 @@ LOCK_NAME = ".edgeseg.lock"
 @contextmanager
 def output_lock(output: Path) -> Iterator[None]:
     """Hold OUT for one run: two runs writing one summary.csv (and the same images'
-    outputs) would each undo the other's rows. A second run is refused, not queued."""
+    outputs) would each undo the other's rows. A second run is refused, not queued; the
+    temporary files a killed run left are removed at once (watch too, before any image)."""
     from filelock import FileLock, Timeout
 
     output.mkdir(parents=True, exist_ok=True)
@@ -342,6 +343,8 @@ def output_lock(output: Path) -> Iterator[None]:
             "delete this file when no other edgeseg run writes there"
         ) from error
     try:
+        for folder in (output, output / DONE_DIR):  # no other run writes here: any temporary
+            remove_stale_temporaries(folder, older_than_s=0)  # is a killed run's, however new
         yield
     finally:
         lock.release()

@@ -456,9 +456,12 @@ def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path: Path, mod
             assert f"another edgeseg run is writing into {out}" in result.output
             assert not (out / "summary.csv").exists()
     (out / LOCK_NAME).unlink()  # made by this test; edgeseg makes its own writable by all
+    killed = out / ".a_labels.k1ll3d00.part.tif"  # a killed run's, seconds old
+    killed.write_bytes(b"half")
     result = _run(model, tmp_path / "in", "-o", out)
     assert result.exit_code == 0, result.output  # free again once that run ends
     assert (out / LOCK_NAME).stat().st_mode & 0o777 == 0o666  # another user's run may take it
+    assert not killed.exists()  # holding the lock, no temporary can be another run's
 
 
 def test_an_output_folder_without_file_locks_is_named(
