@@ -6,6 +6,7 @@ import _thread
 import csv
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -431,12 +432,15 @@ def _interrupted_run(tmp_path: Path, segmenter: _BlockedSegmenter, times: int) -
     _write_images(tmp_path / "in", 3)
     settings = BatchSettings(output=tmp_path / "out")
     plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    # a shell starts background jobs with Ctrl-C ignored, and then interrupt_main does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter = _interrupt_later(segmenter, times)
     try:
         run_batch(segmenter, plan, settings)
     finally:
         segmenter.released_before_return = segmenter.release.is_set()
         interrupter.join()
+        signal.signal(signal.SIGINT, previous)
     return settings
 
 
