@@ -490,6 +490,8 @@ class _Stage(threading.Thread):
     def wait(self) -> None:
         """Block until the stage has finished. Not ``join()``: before Python 3.13 a Ctrl-C
         inside ``join()`` can leave the thread marked finished while it still runs."""
+        if self.ident is None:  # never started: Ctrl-C came while the pipeline started
+            return
         while not self.finished.wait(0.2):
             pass
 
@@ -602,10 +604,9 @@ def run_batch(
 
     reader, writer = _Stage(read_all, "edgeseg-reader"), _Stage(write_all, "edgeseg-writer")
     workers = [_Stage(infer_all, f"edgeseg-infer{i}") for i in range(max(1, inference_workers))]
-    for stage in (reader, writer, *workers):
-        stage.start()
-
     try:
+        for stage in (reader, writer, *workers):
+            stage.start()
         for worker in workers:
             worker.wait()
     finally:

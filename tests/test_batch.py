@@ -467,6 +467,36 @@ def test_ctrl_c_again_stops_at_once_and_writes_nothing_more(tmp_path: Path) -> N
     assert not list(settings.output.glob("img00*"))
 
 
+def test_ctrl_c_while_the_pipeline_starts_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_images(tmp_path / "in", 3)
+    settings = BatchSettings(output=tmp_path / "out")
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    start, started = batch._Stage.start, []
+
+    def interrupted_start(stage: batch._Stage) -> None:
+        if len(started) == 1:  # the reader runs, the writer and workers never start
+            raise KeyboardInterrupt
+        started.append(stage)
+        start(stage)
+
+    monkeypatch.setattr(batch._Stage, "start", interrupted_start)
+    finished = threading.Event()
+
+    def run() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            run_batch(ThresholdSegmenter(), plan, settings)
+        finished.set()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert finished.is_set()  # it neither hangs waiting for stages that never ran
+    assert (settings.output / "summary.csv").is_file()  # and it still writes the table
+    started[0].wait()
+
+
 def test_write_failure_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_images(tmp_path / "in", 3)
     real_write = batch.write_labels
