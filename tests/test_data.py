@@ -133,6 +133,18 @@ def test_cache_is_keyed_by_content(kaggle_root: Path, tmp_path: Path) -> None:
     assert [s.id for s in load_dataset(kaggle_root, cache, ids=["id1"])] == ["id1"]
 
 
+def test_cache_made_by_another_decoder_version_is_not_served(
+    kaggle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeseg.data.cache
+
+    cache = tmp_path / "cache"
+    load_dataset(kaggle_root, cache)
+    monkeypatch.setattr(edgeseg.data.cache, "DECODE_VERSION", edgeseg.data.cache.DECODE_VERSION + 1)
+    load_dataset(kaggle_root, cache)  # the same files, read by changed code
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a zip", b"PK\x03\x04 cut short"])
 def test_a_damaged_cache_file_is_rebuilt(kaggle_root: Path, tmp_path: Path, damage: bytes) -> None:
     cache = tmp_path / "cache"

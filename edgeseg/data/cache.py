@@ -1,8 +1,9 @@
 """A decode cache: one compressed .npz per dataset folder, keyed by its content hash.
 
 Merging ~29,000 mask PNGs takes about a minute; training reads the data every epoch and
-several tools read it again. The cache key hashes every file's path and bytes, so a changed
-mask (e.g. switching to stage1_train_fixed) can never be served stale.
+several tools read it again. The cache key hashes every file's path and bytes, and the
+decoder's version, so neither a changed mask (e.g. switching to stage1_train_fixed) nor a
+change in how masks are read can ever be served stale.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from edgeseg.atomic import atomic_path, remove_stale_temporaries
 from edgeseg.data.dataset import Sample, SampleRef, find_samples, load_sample
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
+#: Part of every cache key: raise it whenever edgeseg.data decodes samples differently (2:
+#: ground-truth ids past 65535 renumbered, fractional or negative labels refused), so caches
+#: made by older code are rebuilt instead of served.
+DECODE_VERSION = 2
 
 
 def content_hash(root: Path, refs: Iterable[SampleRef]) -> str:
-    """sha256 over every file's path relative to ``root`` and its bytes."""
-    digest = hashlib.sha256()
+    """sha256 over the decoder's version and every file's path relative to ``root`` and its
+    bytes."""
+    digest = hashlib.sha256(f"edgeseg-decode-{DECODE_VERSION}".encode())
     for ref in refs:
         for path in ref.files():
             digest.update(str(path.relative_to(root)).encode())
