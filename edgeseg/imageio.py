@@ -69,11 +69,22 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     labels16 = labels.astype(np.uint16, copy=False)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        write_png(path, labels16)
+        return
     with atomic_path(path) as temporary:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            tifffile.imwrite(temporary, labels16, compression="zlib")
-        elif not cv2.imwrite(str(temporary), labels16):
-            raise OSError(f"could not write a {path.suffix} image")  # atomic_path names it
+        tifffile.imwrite(temporary, labels16, compression="zlib")
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` (OpenCV's channel order) as a PNG, atomically. Encoded by OpenCV but
+    written by Python: cv2.imwrite reports success even when the disk fills as the file is
+    closed, which left cut-short PNGs counted as results."""
+    encoded, data = cv2.imencode(".png", array)
+    if not encoded:
+        raise ValueError(f"{path}: OpenCV cannot encode a {array.dtype} {array.shape} PNG")
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.tobytes())
 
 
 DEFAULT_MAX_MEGAPIXELS = 100.0

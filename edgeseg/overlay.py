@@ -13,7 +13,7 @@ import os
 import cv2
 import numpy as np
 
-from edgeseg.atomic import atomic_path
+from edgeseg.imageio import write_png
 from edgeseg.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, stretched, to_gray
 
 
@@ -47,6 +47,4 @@ def draw_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def write_overlay(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB overlay (``draw_overlay``) as a PNG, atomically."""
-    with atomic_path(path) as temporary:
-        if not cv2.imwrite(str(temporary), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError("could not write the overlay PNG")  # atomic_path names the file
+    write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from edgeseg.imageio import ImageReadError, read_plane
+from edgeseg.imageio import ImageReadError, read_plane, write_labels
 
 
 def _planes(count: int, shape: tuple[int, int] = (24, 32), dtype=np.uint16) -> np.ndarray:
@@ -152,3 +153,36 @@ def test_corrupt_file_names_the_file(tmp_path: Path, name: str) -> None:
     with pytest.raises(ImageReadError) as error:
         read_plane(tmp_path / name)
     assert name in str(error.value)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file size limits are a POSIX feature")
+@pytest.mark.parametrize("write", ["labels", "overlay"])
+def test_a_png_cut_short_by_a_full_disk_fails_and_keeps_the_earlier_file(
+    tmp_path: Path, write: str
+) -> None:
+    """cv2.imwrite reports success when the disk fills as it closes the file."""
+    import resource
+
+    from edgeseg.overlay import write_overlay
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"x_{write}.png"
+    if write == "labels":
+        array = rng.integers(0, 60000, (256, 256), dtype=np.uint16)
+        writer = write_labels
+    else:
+        array = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+        writer = write_overlay
+    path.write_bytes(b"earlier result")
+    size = len(cv2.imencode(".png", array)[1])
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # the disk fills within the last buffer, which is flushed when the file is closed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size - 100, limits[1]))
+    try:
+        with pytest.raises(OSError) as error:
+            writer(path, array)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert error.value.filename == str(path)
+    assert path.read_bytes() == b"earlier result"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
