@@ -214,7 +214,12 @@ def walk_images(
     for root, dirs, files in os.walk(folder, onerror=on_unlistable):
         annotations = {"masks"} if "images" in dirs else set()
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in annotations)
-        produced = outputs_recorded(Path(root))
+        try:
+            produced = outputs_recorded(Path(root))
+        except PermissionError as error:  # listed but not entered: its files cannot be read
+            on_unlistable(PermissionError(error.errno, error.strerror, root))
+            dirs[:] = []
+            continue
         for name in sorted(files):
             if (
                 not name.startswith(".")
@@ -308,11 +313,19 @@ def _check_writable(output: Path) -> None:
     """Refuse, before any image is read, an output folder (or the folder it would be made in)
     that this user cannot write: every image would fail, one by one."""
     existing = next(folder for folder in (output, *output.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise BatchError(f"output folder {output}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == output else f"{existing}, where it would be made, "
         raise BatchError(
             f"output folder {output}: {where}is not writable by this user; "
             "choose another -o or ask for write access"
+        )
+    markers = output / DONE_DIR  # another user's earlier run may have made it theirs alone
+    if markers.exists() and not (markers.is_dir() and os.access(markers, os.W_OK | os.X_OK)):
+        raise BatchError(
+            f"{markers}: edgeseg records finished images here, and this user cannot write "
+            "it; choose another -o or ask for write access"
         )
 
 
@@ -688,8 +701,9 @@ def _write_outputs(
     check_label_range(labels)
     rows = measure_nuclei(labels, to_gray(image))
     paths = settings.outputs(job.stem)
-    for path in paths.values():  # a rename onto a folder would fail after the others
-        if path.is_dir():
+    stale = settings.stale_outputs(job.stem)
+    for path in [*paths.values(), *stale]:  # a rename onto (or removing) a folder would
+        if path.is_dir():  # fail after the others were replaced
             raise IsADirectoryError(errno.EISDIR, "a folder has this output's name", str(path))
     overlay = draw_overlay(image, labels) if "overlay" in paths else None
     marker = settings.marker(job.stem)
@@ -702,8 +716,8 @@ def _write_outputs(
             write_overlay(temporary["overlay"], overlay)
         write_labels(temporary["labels"], labels)
         marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
-    for stale in settings.stale_outputs(job.stem):
-        stale.unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
     mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
     diameter = median_diameter(labels)
     record = {

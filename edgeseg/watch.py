@@ -77,7 +77,7 @@ class FolderWatcher:
     ) -> None:
         check_output_folder(settings.output, [folder])
         self.warn = warn
-        self._unlistable: set[str] = set()  # folders already warned about
+        self.unlistable: set[str] = set()  # folders it could not list (warned about once)
         self.folder = folder
         self.segmenter = segmenter
         self.settings = settings
@@ -131,8 +131,8 @@ class FolderWatcher:
         saying so once; its images are taken when it becomes readable."""
         if isinstance(error, FileNotFoundError | NotADirectoryError):
             return  # removed since it was listed: nothing there to wait for
-        if error.filename not in self._unlistable:
-            self._unlistable.add(error.filename)
+        if error.filename not in self.unlistable:
+            self.unlistable.add(error.filename)
             self.warn(f"cannot list {error.filename} ({error.strerror}); its images wait")
 
     def _job(self, path: Path) -> ImageJob:

@@ -337,6 +337,22 @@ def test_a_write_failing_midway_leaves_every_earlier_output_and_the_marker(
     assert again.marker("img00").is_file()
 
 
+def test_overwrite_with_a_folder_on_an_output_it_would_remove_keeps_everything(
+    tmp_path: Path,
+) -> None:
+    _write_images(tmp_path / "in", 1)
+    jobs = discover_images([tmp_path / "in"])
+    first = BatchSettings(output=tmp_path / "out", label_format="png")
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, first, MANIFEST), first)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("img00*") if p.is_file()}
+    (tmp_path / "out" / "img00_labels.tif").mkdir()  # where the tif a png run removes would be
+    again = BatchSettings(output=tmp_path / "out", label_format="png", overwrite=True, diameter=30)
+    result = run_batch(ThresholdSegmenter(), plan_batch(jobs, again, MANIFEST), again)[0]
+    assert result.status == "failed" and "img00_labels.tif" in result.error
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("img00*") if p.is_file()}
+    assert after == before
+
+
 def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> None:
     paths = _write_images(tmp_path / "in", 3)
     (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
@@ -665,3 +681,13 @@ def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
     with pytest.raises(BatchError, match=f"{inside}: {locked}, where it would be made, is not"):
         check_output_folder(inside, [tmp_path / "in"])
     check_output_folder(tmp_path / "free" / "out", [tmp_path / "in"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BatchError, match=r"afile/sub: .*afile is a file, not a folder"):
+        check_output_folder(tmp_path / "afile" / "sub", [tmp_path / "in"])
+    shared = tmp_path / "shared"
+    (shared / ".edgeseg-done").mkdir(parents=True)
+    monkeypatch.setattr(  # another user's earlier run made the markers folder its own
+        os, "access", lambda path, mode: Path(path).name != ".edgeseg-done"
+    )
+    with pytest.raises(BatchError, match="records finished images here, and this user"):
+        check_output_folder(shared, [tmp_path / "in"])

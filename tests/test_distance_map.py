@@ -100,9 +100,12 @@ def _declare_channels(model: Path, channels: list[str]) -> Path:
 
 def test_the_runtime_expects_as_many_maps_as_the_manifest_names(tmp_path: Path) -> None:
     model = threshold_model(tmp_path / "two_maps.onnx")
-    _declare_channels(model, list(DISTANCE_CHANNELS))  # its graph still returns two
-    backend = load_backend(model)
-    assert backend.channels == 3
+    path = _declare_channels(model, list(DISTANCE_CHANNELS))  # its graph still returns two
+    with pytest.raises(ManifestError, match="names 3 maps, but two_maps.onnx returns 2") as error:
+        load_backend(model)  # refused at load, not image by image
+    assert str(path) in str(error.value)
+    backend = load_backend(threshold_model(tmp_path / "undeclared.onnx"))
+    backend.model_channels, backend.channels = None, 3  # a graph that does not say
     with pytest.raises(ValueError, match=r"expected \(1, 16, 16, 3\)"):
         backend.predict(np.zeros((1, 16, 16, 1), np.float32))
     path = _declare_channels(model, ["foreground", "distance"])

@@ -100,6 +100,8 @@ def test_a_json_path_naming_a_folder_is_refused_before_scoring(tmp_path):
     result = _run(str(tmp_path), "--data", str(tmp_path), "--json", f"{tmp_path}/results/")
     assert result.exit_code == 2
     assert "results/ names a folder; give a file" in result.output
+    empty = _run(str(tmp_path), "--data", str(tmp_path), "--json", "")
+    assert empty.exit_code == 2 and "an empty name" in empty.output
     assert not (tmp_path / "results").exists()
 
 

@@ -454,6 +454,7 @@ def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path: Path, mod
             )
             assert result.exit_code == 1, result.output
             assert f"another edgeseg run is writing into {out}" in result.output
+            assert "never replaces results" not in result.output  # advice for another case
             assert not (out / "summary.csv").exists()
     (out / LOCK_NAME).unlink()  # made by this test; edgeseg makes its own writable by all
     killed = out / ".a_labels.k1ll3d00.part.tif"  # a killed run's, seconds old

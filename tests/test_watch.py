@@ -382,7 +382,7 @@ def test_an_unreadable_subfolder_is_named_by_segment_and_waited_for_by_watch(
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
     args = ["watch", str(folder), "-o", str(tmp_path / "w"), "--model", str(model)]
     watch = CliRunner().invoke(main, [*args, "--settle", "0", "--interval", "0.05", "--once"])
-    assert watch.exit_code == 0, watch.output
+    assert watch.exit_code == 1, watch.output  # --once ends with that folder's images undone
     assert watch.output.count(f"cannot list {folder / 'locked'} (Permission denied)") == 1
     assert set(_summary(tmp_path / "w")) == {"a"}
 
@@ -399,3 +399,26 @@ def test_a_subfolder_removed_while_listing_is_no_error(
     )
     assert result.exit_code == 0, result.output
     assert set(_summary(tmp_path / "s")) == {"a"}
+
+
+def test_a_folder_listed_but_not_entered_is_named(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeseg.batch
+
+    folder = tmp_path / "in"
+    _write(folder / "a.png", 0)
+    _write(folder / "plate" / "b.png", 1)
+    recorded = edgeseg.batch.outputs_recorded
+
+    def refusing(where: Path) -> set[str]:  # as a folder without its x bit refuses a stat
+        if where == folder / "plate":
+            raise PermissionError(13, "Permission denied", str(where / ".edgeseg-done"))
+        return recorded(where)
+
+    monkeypatch.setattr(edgeseg.batch, "outputs_recorded", refusing)
+    result = CliRunner().invoke(
+        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
+    )
+    assert result.exit_code == 1
+    assert f"{folder / 'plate'}: cannot list this folder (Permission denied)" in result.output

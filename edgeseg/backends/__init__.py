@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.backends.base import Backend, BackendUnavailable, default_threads, read_verified
-from edgeseg.manifest import ManifestError, output_channels, read_manifest
+from edgeseg.manifest import ManifestError, manifest_path, output_channels, read_manifest
 
 __all__ = [
     "BACKENDS",
@@ -86,6 +86,12 @@ def load_backend(
             "this runtime does not read)"
         ) from error
     engine.channels = len(output_channels(manifest))
+    if engine.model_channels not in (None, engine.channels):
+        raise ManifestError(
+            f"{manifest_path(artifact)}: output_channels names {engine.channels} maps, but "
+            f"{artifact.name} returns {engine.model_channels}: this manifest does not "
+            "describe this model"
+        )
     return engine
 
 

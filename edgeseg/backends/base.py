@@ -33,8 +33,10 @@ class Backend(ABC):
     input_size: tuple[int, int] | None = None
     #: The batch size the network was exported for, or None when any batch works.
     fixed_batch: int | None = None
-    #: How many probability maps the network returns per pixel.
+    #: How many probability maps the network returns per pixel (the manifest's count).
     channels: int = 2
+    #: The count the network's own output shape declares; None where it does not say.
+    model_channels: int | None = None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Return float32 NHWC probabilities (the ``channels`` maps) for a float32 NHWC batch."""

@@ -67,7 +67,7 @@ class KerasBackend(Backend):
         batch, height, width = model.input_shape[:3]
         self.fixed_batch = batch
         self.input_size = (height, width) if height and width else None
-        self.channels = model.output_shape[-1]
+        self.channels = self.model_channels = model.output_shape[-1]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         # An eager call, not predict_on_batch: its tf.function retraces with unknown H and W

@@ -55,6 +55,8 @@ class LiteRTBackend(Backend):
         wanted_out = manifest.get("output", {}).get("name")
         self._input = inputs[select_tensor([d["name"] for d in inputs], wanted_in, "input")]
         self._output = outputs[select_tensor([d["name"] for d in outputs], wanted_out, "output")]
+        last = int(self._output["shape_signature"][-1])
+        self.model_channels = last if last > 0 else None
         batch, height, width = (
             int(d) if d > 0 else None for d in self._input["shape_signature"][:3]
         )

@@ -85,6 +85,8 @@ class OnnxBackend(Backend):
             select_tensor([t.name for t in outputs], _name(manifest, "output"), "output")
         ]
         self._input_name, self._output_name = tensor_in.name, tensor_out.name
+        last = tensor_out.shape[-1] if tensor_out.shape else None
+        self.model_channels = last if isinstance(last, int) and last > 0 else None
         batch, height, width = (d if isinstance(d, int) else None for d in tensor_in.shape[:3])
         self.fixed_batch = batch
         self.input_size = (height, width) if height and width else None

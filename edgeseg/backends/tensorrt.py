@@ -58,6 +58,8 @@ class TensorRTBackend(Backend):
         self._output = outputs[
             select_tensor(outputs, manifest.get("output", {}).get("name"), "output")
         ]
+        last = tuple(self._engine.get_tensor_shape(self._output))[-1]
+        self.model_channels = last if last > 0 else None
         batch, height, width = (
             d if d > 0 else None for d in tuple(self._engine.get_tensor_shape(self._input))[:3]
         )

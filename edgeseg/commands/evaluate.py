@@ -44,6 +44,8 @@ def json_destination(value: str | None) -> Path | None:
     separator and write a file of that name), refused before minutes of scoring."""
     if value is None:
         return None
+    if not value:
+        raise click.BadParameter("an empty name; give a file, e.g. scores.json")
     if value.endswith(("/", os.sep)):
         raise click.BadParameter(f"{value} names a folder; give a file, e.g. {value}scores.json")
     return Path(value)

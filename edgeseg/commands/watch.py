@@ -148,6 +148,9 @@ def watch(
     try:
         check_output_folder(output, [folder])  # before the lock makes OUT
         click.get_current_context().with_resource(output_lock(output))  # until the end
+    except BatchError as error:
+        raise click.ClickException(str(error)) from error
+    try:
         watcher = FolderWatcher(folder, segmenter, settings, settle, warn=_log)
     except BatchError as error:
         raise click.ClickException(
@@ -192,8 +195,8 @@ def watch(
     if stop.is_set():
         _log(f"stopped; run the same command again to go on. Results are in {output}")
     click.echo("\n".join(summary_lines(results, time.perf_counter() - started, output)))
-    if once and any(result.status == "failed" for result in results):
-        sys.exit(1)
+    if once and (any(result.status == "failed" for result in results) or watcher.unlistable):
+        sys.exit(1)  # a folder it could not list holds images left undone
 
 
 watch.params.extend(param for param in segment.params if param.name in SHARED_OPTIONS)
