@@ -40,7 +40,7 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
     known = {field.name for field in fields(PostprocessSettings)}
     chosen = {key: value for key, value in spec.items() if key in known}
     for key, value in chosen.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
+        if not _finite_number(value):
             raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
     if not 0 <= chosen.get("distance_threshold", 0) < 1:  # 1 or more would keep no seed
         raise ManifestError(
@@ -48,6 +48,17 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
             f"{chosen['distance_threshold']!r}"
         )
     return PostprocessSettings(**chosen)
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number a threshold can be: not a bool, not NaN or infinite, not too large for
+    a float (JSON integers have no limit)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return isfinite(value)
+    except OverflowError:
+        return False
 
 
 class Segmenter:

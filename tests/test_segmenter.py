@@ -205,7 +205,7 @@ def test_a_manifest_without_sha256_says_so(onnx_model: Path) -> None:
         load_segmenter(onnx_model)
 
 
-@pytest.mark.parametrize("value", ["8", True, None, [8], float("nan"), float("inf")])
+@pytest.mark.parametrize("value", ["8", True, None, [8], float("nan"), float("inf"), 10**400])
 def test_manifest_thresholds_must_be_numbers(value: object) -> None:
     with pytest.raises(
         ManifestError, match=re.escape(f"postprocess min_area must be a number, got {value!r}")
