@@ -63,3 +63,20 @@ def synthetic_he(
     cytoplasm[:, : 2 * shape[1] // 3] = eosin
     density = hematoxylin[..., None] * RGB_FROM_HED[0] + cytoplasm[..., None] * RGB_FROM_HED[1]
     return np.clip(255 * np.exp(-density), 0, 255).astype(np.uint8), labels
+
+
+def tiny_training(**changes: object):
+    """A TrainConfig for a 2-level, 4-filter U-Net that trains one 2-step epoch on 32 px
+    crops: what tests train (never a real model)."""
+    from training.augment import AugmentConfig
+    from training.config import TrainConfig
+
+    defaults = {
+        "model": "unet",
+        "model_kwargs": {"base_filters": 4, "depth": 2},
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 2,
+        "augment": AugmentConfig(crop=32),
+    }
+    return TrainConfig(**{**defaults, **changes})

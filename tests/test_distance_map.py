@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_nuclei
+from conftest import synthetic_nuclei, tiny_training
 from tiny_models import threshold_model
 
 from edgeseg.backends import load_backend
@@ -140,20 +140,11 @@ def test_a_distance_model_trains_exports_and_segments(tmp_path: Path) -> None:
     from edgeseg.cli import main
     from edgeseg.data.dataset import Sample
     from edgeseg.segmenter import load_segmenter
-    from training.augment import AugmentConfig
     from training.config import TrainConfig
     from training.train import train_on_samples
 
     samples = [Sample(f"s{i}", *synthetic_nuclei((64, 64), seed=i)) for i in range(4)]
-    config = TrainConfig(
-        model="unet",
-        model_kwargs={"base_filters": 4, "depth": 2},
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=2,
-        output_channels=DISTANCE_CHANNELS,
-        augment=AugmentConfig(crop=32),
-    )
+    config = tiny_training(output_channels=DISTANCE_CHANNELS)
     run = tmp_path / "run"
     train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
     assert TrainConfig.from_file(run / "config.json").output_channels == DISTANCE_CHANNELS

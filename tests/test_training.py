@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_nuclei
+from conftest import synthetic_nuclei, tiny_training
 
 from edgeseg.data.dataset import Sample
 
@@ -140,7 +140,6 @@ def test_training_runs_checkpoints_and_resumes(
     import edgeseg.segmenter
     import training.train
     from edgeseg.preprocess import normalize
-    from training.augment import AugmentConfig
     from training.config import TrainConfig
     from training.train import train_on_samples
 
@@ -154,15 +153,7 @@ def test_training_runs_checkpoints_and_resumes(
         monkeypatch.setattr(module, "normalize", recording)
 
     samples = [Sample(f"s{i}", *synthetic_nuclei((64, 64), seed=i)) for i in range(4)]
-    config = TrainConfig(
-        model="unet",
-        model_kwargs={"base_filters": 4, "depth": 2},
-        epochs=1,
-        steps_per_epoch=2,
-        batch_size=2,
-        stained_channel="hematoxylin",
-        augment=AugmentConfig(crop=32),
-    )
+    config = tiny_training(stained_channel="hematoxylin")
     run = tmp_path / "run"
     state = train_on_samples(config, samples[:3], samples[3:], run, verbose=0)
     assert state["epoch"] == 1

@@ -350,6 +350,11 @@ def test_tta_reaches_the_watcher_and_its_records(tmp_path: Path, model: Path) ->
     assert again.exit_code == 1 and "test_time_flips" in again.output
 
 
+def _segment(folder: Path, out: Path, model: Path):
+    """`edgeseg segment FOLDER -o OUT`, as a user runs it beside a watch."""
+    return CliRunner().invoke(main, ["segment", str(folder), "-o", str(out), "--model", str(model)])
+
+
 def _unlistable(
     monkeypatch: pytest.MonkeyPatch, folder: Path, error: type[OSError] = PermissionError
 ) -> None:
@@ -374,9 +379,7 @@ def test_an_unreadable_subfolder_is_named_by_segment_and_waited_for_by_watch(
     _write(folder / "a.png", 0)
     _write(folder / "locked" / "b.png", 1)
     _unlistable(monkeypatch, folder / "locked")
-    segment = CliRunner().invoke(
-        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
-    )
+    segment = _segment(folder, tmp_path / "s", model)
     assert segment.exit_code == 1
     assert f"{folder / 'locked'}: cannot list this folder (Permission denied)" in segment.output
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
@@ -394,9 +397,7 @@ def test_a_subfolder_removed_while_listing_is_no_error(
     _write(folder / "a.png", 0)
     (folder / "moving").mkdir()
     _unlistable(monkeypatch, folder / "moving", FileNotFoundError)
-    result = CliRunner().invoke(
-        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
-    )
+    result = _segment(folder, tmp_path / "s", model)
     assert result.exit_code == 0, result.output
     assert set(_summary(tmp_path / "s")) == {"a"}
 
@@ -417,8 +418,6 @@ def test_a_folder_listed_but_not_entered_is_named(
         return recorded(where)
 
     monkeypatch.setattr(edgeseg.batch, "outputs_recorded", refusing)
-    result = CliRunner().invoke(
-        main, ["segment", str(folder), "-o", str(tmp_path / "s"), "--model", str(model)]
-    )
+    result = _segment(folder, tmp_path / "s", model)
     assert result.exit_code == 1
     assert f"{folder / 'plate'}: cannot list this folder (Permission denied)" in result.output
