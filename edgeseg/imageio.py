@@ -8,6 +8,7 @@ truncated output that a re-run would trust.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -221,9 +222,9 @@ def _read_series_plane(
         and int(np.prod(shape[:leading])) == len(series.pages)
     ):  # read just the one page holding the plane and channel asked for
         key = int(np.ravel_multi_index(index[:leading], shape[:leading])) if leading else 0
-        array = np.asarray(tif.asarray(key=key, series=series)).reshape(page_shape)
-        return array, axes[leading:], index[leading:]
-    return series.asarray(), axes, index
+        array = _decoded(path, lambda: tif.asarray(key=key, series=series), [series.pages[key]])
+        return array.reshape(page_shape), axes[leading:], index[leading:]
+    return _decoded(path, series.asarray, list(series.pages)).reshape(shape), axes, index
 
 
 def _read_own_page(
@@ -240,7 +241,32 @@ def _read_own_page(
         chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
         page = None
     axes, index = _planned(path, chosen.axes, tuple(chosen.shape), page, channel, megapixels)
-    return chosen.asarray(), axes, index
+    return _decoded(path, chosen.asarray, [chosen]), axes, index
+
+
+def _decoded(path: Path, read: Callable[[], np.ndarray], pages: list) -> np.ndarray:
+    """``read()``'s array (tifffile); for a compression tifffile decodes only with the
+    optional imagecodecs package (LZW, common in microscope and scanner exports), the same
+    ``pages`` decoded by the libtiff inside OpenCV, stacked."""
+    try:
+        return np.asarray(read())
+    except ValueError as error:
+        if "imagecodecs" not in str(error):
+            raise
+        planes = [_opencv_page(path, page, error) for page in pages]
+        return planes[0] if len(planes) == 1 else np.stack(planes)
+
+
+def _opencv_page(path: Path, page: tifffile.TiffPage, error: ValueError) -> np.ndarray:
+    """One TIFF page as OpenCV decodes it, colour back in RGB(A) order."""
+    read, mats = cv2.imreadmulti(str(path), start=page.index, count=1, flags=cv2.IMREAD_UNCHANGED)
+    if not read or mats[0].shape != tuple(page.shape):
+        raise ValueError(f"{error}, and OpenCV cannot decode this page either") from error
+    plane = mats[0]
+    if plane.ndim == 3 and plane.shape[2] in (3, 4):
+        to_rgb = cv2.COLOR_BGR2RGB if plane.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        plane = cv2.cvtColor(plane, to_rgb)
+    return plane
 
 
 def _planned(

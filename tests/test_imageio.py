@@ -186,3 +186,21 @@ def test_a_png_cut_short_by_a_full_disk_fails_and_keeps_the_earlier_file(
     assert error.value.filename == str(path)
     assert path.read_bytes() == b"earlier result"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_lzw_tiffs_are_read_without_imagecodecs(tmp_path: Path) -> None:
+    """LZW (microscope and scanner exports) needs the optional imagecodecs in tifffile;
+    OpenCV's libtiff decodes it instead, colour order and pages kept."""
+    lzw = [cv2.IMWRITE_TIFF_COMPRESSION, 5]
+    gray = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32)
+    cv2.imwrite(str(tmp_path / "gray.tif"), gray, lzw)
+    np.testing.assert_array_equal(read_plane(tmp_path / "gray.tif"), gray)
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "rgb.tif"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), lzw)
+    np.testing.assert_array_equal(read_plane(tmp_path / "rgb.tif"), rgb)
+    planes = [np.full((24, 32), 50 * i + 7, np.uint8) for i in range(3)]
+    cv2.imwritemulti(str(tmp_path / "stack.tif"), planes, lzw)
+    np.testing.assert_array_equal(read_plane(tmp_path / "stack.tif", page=2), planes[2])
+    with pytest.raises(ImageReadError, match="page"):
+        read_plane(tmp_path / "stack.tif")  # a stack still needs --page
