@@ -320,15 +320,16 @@ class Exporter(BaseExporter):
 
     def _keras_manifest(self) -> dict[str, Any]:
         """How the runtime runs the Keras source, to verify exports against it."""
-        from training.models import SIZE_MULTIPLE
+        from training.models import size_multiple
 
-        multiple = SIZE_MULTIPLE.get(self._model.name, 1)
+        recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
+        # as training recorded it (a deeper U-Net needs more), else the architecture's default
+        multiple = recorded.get("tile", {}).get("multiple") or size_multiple(self._model.name, {})
         if self.settings.tile % multiple:
             raise ExportError(
                 f"tile {self.settings.tile} is not a multiple of {multiple}, "
                 f"which a {self._model.name} needs"
             )
-        recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
         manifest = {
             "backend": "keras",
             "sha256": self.source_sha256,

@@ -119,7 +119,7 @@ def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:
 
 @pytest.mark.parametrize("name", ["simple_cnn", "unet", "resnet"])
 def test_models_are_fully_convolutional(name: str) -> None:
-    from training.models import SIZE_MULTIPLE, build_model
+    from training.models import build_model, size_multiple
 
     small = {
         "simple_cnn": {"filters": 4, "dense_units": 4},
@@ -128,7 +128,7 @@ def test_models_are_fully_convolutional(name: str) -> None:
     }[name]
     model = build_model(name, **small)
     for size in (32, 48):
-        side = size * max(1, SIZE_MULTIPLE[name] // 16)
+        side = size * max(1, size_multiple(name, small) // 16)
         output = model(np.zeros((1, side, side + 16, 1), np.float32))
         assert tuple(output.shape) == (1, side, side + 16, 2)
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
@@ -326,3 +326,16 @@ def test_an_ensemble_averages_its_members_in_one_model_the_runtime_runs(tmp_path
     (unfinished / "state.json").write_text(json.dumps({"epoch": 1, "best_epoch": 1}))
     with pytest.raises(EnsembleError, match="not finished .1 of 2 epochs"):
         write_ensemble(tmp_path / "early", [runs[0], unfinished])
+
+
+def test_a_deeper_unet_records_and_gets_the_tile_multiple_it_needs(tmp_path: Path) -> None:
+    from edgeseg.segmenter import load_segmenter
+    from training.train import train_on_samples
+
+    samples = [Sample(f"s{i}", *synthetic_nuclei((64, 64), seed=i)) for i in range(3)]
+    config = tiny_training(model_kwargs={"base_filters": 4, "depth": 5})
+    train_on_samples(config, samples[:2], samples[2:], tmp_path / "run", verbose=0)
+    manifest = json.loads((tmp_path / "run" / "model.keras.json").read_text())
+    assert manifest["tile"]["multiple"] == 32  # five poolings
+    image, _ = synthetic_nuclei((40, 72), seed=5)  # padded to a multiple of 32, cut back
+    assert load_segmenter(tmp_path / "run" / "model.keras").segment(image).shape == (40, 72)

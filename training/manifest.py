@@ -36,7 +36,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
     import keras
 
     from training.complexity import conv_flops
-    from training.models import SIZE_MULTIPLE
+    from training.models import size_multiple
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())
@@ -58,7 +58,11 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
             "dtype": "float32",
         },
         output_channels=list(config.output_channels),
-        tile={"size": TILE_SIZE, "overlap": TILE_OVERLAP, "multiple": SIZE_MULTIPLE[config.model]},
+        tile={
+            "size": TILE_SIZE,
+            "overlap": TILE_OVERLAP,
+            "multiple": size_multiple(config.model, config.model_kwargs),
+        },
         preprocess=preprocess_spec(config.stained_channel),
         postprocess=postprocess_settings(run_dir).to_dict(),
         params=model.count_params(),

@@ -143,7 +143,7 @@ def train_on_samples(
     from edgeseg.tiling import TileSettings
     from training.losses import SegmentationLoss
     from training.manifest import TILE_OVERLAP, TILE_SIZE
-    from training.models import SIZE_MULTIPLE, build_model
+    from training.models import build_model, size_multiple
 
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)  # models a killed run was writing
@@ -171,7 +171,7 @@ def train_on_samples(
     labels = [s.labels for s in train_samples]
     diameter = nucleus_diameter_record(labels, training_source(config.data_copy))
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
-    tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, SIZE_MULTIPLE[config.model])
+    tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, size_multiple(config.model, config.model_kwargs))
     validation_manifest = {"preprocess": preprocess_spec(config.stained_channel)}
     epoch_grid = with_distance(EPOCH_GRID, config.output_channels)
 

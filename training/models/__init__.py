@@ -22,8 +22,14 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "resnet": build_resnet,
 }
 
-# Input H and W must be multiples of this for each model (its total downsampling).
-SIZE_MULTIPLE = {"simple_cnn": 1, "unet": 16, "resnet": 16}
+
+def size_multiple(name: str, model_kwargs: dict) -> int:
+    """What input H and W must be multiples of: the model's total downsampling."""
+    if name == "unet":
+        return 2 ** model_kwargs.get("depth", 4)
+    if name == "resnet":
+        return 2 ** (len(model_kwargs.get("widths", (16, 32, 64, 128, 256))) - 1)
+    return 1
 
 
 def build_model(name: str, **kwargs) -> keras.Model:
