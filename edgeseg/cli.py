@@ -33,6 +33,9 @@ class _Commands(click.Group):
             if error.filename is None or error.errno == errno.EPIPE:
                 raise
             raise click.ClickException(f"{error.filename}: {error.strerror}") from error
+        except KeyboardInterrupt:  # before a command's own handling (loading a model, ...)
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)  # the shell's convention for Ctrl-C, not click's "Aborted!" and 1
 
 
 @click.group(

@@ -481,3 +481,21 @@ def test_an_output_folder_without_file_locks_is_named(
     result = _run(model, tmp_path / "in", "-o", tmp_path / "out")
     assert result.exit_code == 1
     assert f"{tmp_path / 'out' / LOCK_NAME}: cannot lock the output folder" in result.output
+
+
+def test_ctrl_c_while_the_model_loads_exits_130(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeseg.commands.segment
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgeseg.commands.segment, "load_for_batch", interrupted)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), _gray(0))
+    result = CliRunner().invoke(
+        main, ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(model)]
+    )
+    assert result.exit_code == 130
+    assert "Interrupted." in result.output and "Aborted" not in result.output
