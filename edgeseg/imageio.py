@@ -31,11 +31,20 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as an image file."""
+    if path.is_dir():
+        return "a folder, not an image file"
+    if path.exists():  # a pipe, a socket, a device
+        return "not a regular file (a pipe or device cannot be read as an image)"
+    return "no such file"
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG/JPEG/BMP/TIFF as a numpy array, channels last, colour in RGB(A) order."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(path, "no such file")
+        raise ImageReadError(path, _not_a_file(path))
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         try:
@@ -110,7 +119,7 @@ def read_plane(
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(path, "no such file")
+        raise ImageReadError(path, _not_a_file(path))
     if path.suffix.lower() in TIFF_SUFFIXES:
         array = _read_tiff_plane(path, page, channel, max_megapixels)
     else:

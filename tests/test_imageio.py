@@ -204,3 +204,17 @@ def test_lzw_tiffs_are_read_without_imagecodecs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_plane(tmp_path / "stack.tif", page=2), planes[2])
     with pytest.raises(ImageReadError, match="page"):
         read_plane(tmp_path / "stack.tif")  # a stack still needs --page
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="named pipes are a POSIX feature here")
+def test_a_pipe_or_folder_is_named_for_what_it_is(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "stream.png")
+    with pytest.raises(ImageReadError, match="stream.png: not a regular file"):
+        read_plane(tmp_path / "stream.png")
+    (tmp_path / "dir.tif").mkdir()
+    with pytest.raises(ImageReadError, match="dir.tif: a folder, not an image file"):
+        read_plane(tmp_path / "dir.tif")
+    with pytest.raises(ImageReadError, match="gone.png: no such file"):
+        read_plane(tmp_path / "gone.png")
