@@ -8,7 +8,6 @@ truncated output that a re-run would trust.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -90,9 +89,17 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` (OpenCV's channel order) as a PNG, atomically. Encoded by OpenCV but
     written by Python: cv2.imwrite reports success even when the disk fills as the file is
     closed, which left cut-short PNGs counted as results."""
+    if (
+        array.dtype not in (np.uint8, np.uint16)
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
+    ):  # OpenCV would write other types as 8-bit without a word
+        raise ValueError(
+            f"{path}: a PNG holds 8- or 16-bit gray, BGR or BGRA, not {array.dtype} {array.shape}"
+        )
     encoded, data = cv2.imencode(".png", array)
     if not encoded:
-        raise ValueError(f"{path}: OpenCV cannot encode a {array.dtype} {array.shape} PNG")
+        raise ValueError(f"{path}: OpenCV could not encode this PNG")
     with atomic_path(path) as temporary:
         temporary.write_bytes(data.tobytes())
 
@@ -231,9 +238,9 @@ def _read_series_plane(
         and int(np.prod(shape[:leading])) == len(series.pages)
     ):  # read just the one page holding the plane and channel asked for
         key = int(np.ravel_multi_index(index[:leading], shape[:leading])) if leading else 0
-        array = _decoded(path, lambda: tif.asarray(key=key, series=series), [series.pages[key]])
-        return array.reshape(page_shape), axes[leading:], index[leading:]
-    return _decoded(path, series.asarray, list(series.pages)).reshape(shape), axes, index
+        array = np.asarray(tif.asarray(key=key, series=series)).reshape(page_shape)
+        return array, axes[leading:], index[leading:]
+    return series.asarray(), axes, index
 
 
 def _read_own_page(
@@ -250,32 +257,7 @@ def _read_own_page(
         chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
         page = None
     axes, index = _planned(path, chosen.axes, tuple(chosen.shape), page, channel, megapixels)
-    return _decoded(path, chosen.asarray, [chosen]), axes, index
-
-
-def _decoded(path: Path, read: Callable[[], np.ndarray], pages: list) -> np.ndarray:
-    """``read()``'s array (tifffile); for a compression tifffile decodes only with the
-    optional imagecodecs package (LZW, common in microscope and scanner exports), the same
-    ``pages`` decoded by the libtiff inside OpenCV, stacked."""
-    try:
-        return np.asarray(read())
-    except ValueError as error:
-        if "imagecodecs" not in str(error):
-            raise
-        planes = [_opencv_page(path, page, error) for page in pages]
-        return planes[0] if len(planes) == 1 else np.stack(planes)
-
-
-def _opencv_page(path: Path, page: tifffile.TiffPage, error: ValueError) -> np.ndarray:
-    """One TIFF page as OpenCV decodes it, colour back in RGB(A) order."""
-    read, mats = cv2.imreadmulti(str(path), start=page.index, count=1, flags=cv2.IMREAD_UNCHANGED)
-    if not read or mats[0].shape != tuple(page.shape):
-        raise ValueError(f"{error}, and OpenCV cannot decode this page either") from error
-    plane = mats[0]
-    if plane.ndim == 3 and plane.shape[2] in (3, 4):
-        to_rgb = cv2.COLOR_BGR2RGB if plane.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-        plane = cv2.cvtColor(plane, to_rgb)
-    return plane
+    return chosen.asarray(), axes, index
 
 
 def _planned(

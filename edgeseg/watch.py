@@ -77,7 +77,8 @@ class FolderWatcher:
     ) -> None:
         check_output_folder(settings.output, [folder])
         self.warn = warn
-        self.unlistable: set[str] = set()  # folders it could not list (warned about once)
+        self.unlistable: set[str] = set()  # folders the latest listing could not read
+        self._warned: set[str] = set()  # each said once
         self.folder = folder
         self.segmenter = segmenter
         self.settings = settings
@@ -131,8 +132,9 @@ class FolderWatcher:
         saying so once; its images are taken when it becomes readable."""
         if isinstance(error, FileNotFoundError | NotADirectoryError):
             return  # removed since it was listed: nothing there to wait for
-        if error.filename not in self.unlistable:
-            self.unlistable.add(error.filename)
+        self.unlistable.add(error.filename)
+        if error.filename not in self._warned:
+            self._warned.add(error.filename)
             self.warn(f"cannot list {error.filename} ({error.strerror}); its images wait")
 
     def _job(self, path: Path) -> ImageJob:
@@ -170,6 +172,7 @@ class FolderWatcher:
         """List the folder once; return the jobs whose files are complete now."""
         now = time.monotonic()
         ready, present = [], set()
+        self.unlistable = set()  # a folder readable again is no longer left out
         for path in walk_images(self.folder, self._skip_unlistable):
             key = source_key(path)
             signature = source_stamp(path)

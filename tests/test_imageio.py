@@ -188,9 +188,9 @@ def test_a_png_cut_short_by_a_full_disk_fails_and_keeps_the_earlier_file(
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-def test_lzw_tiffs_are_read_without_imagecodecs(tmp_path: Path) -> None:
-    """LZW (microscope and scanner exports) needs the optional imagecodecs in tifffile;
-    OpenCV's libtiff decodes it instead, colour order and pages kept."""
+def test_lzw_tiffs_are_read(tmp_path: Path) -> None:
+    """LZW, common in microscope and scanner exports (written here by OpenCV's libtiff),
+    needs imagecodecs, a runtime dependency for that reason."""
     lzw = [cv2.IMWRITE_TIFF_COMPRESSION, 5]
     gray = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32)
     cv2.imwrite(str(tmp_path / "gray.tif"), gray, lzw)
@@ -218,3 +218,12 @@ def test_a_pipe_or_folder_is_named_for_what_it_is(tmp_path: Path) -> None:
         read_plane(tmp_path / "dir.tif")
     with pytest.raises(ImageReadError, match="gone.png: no such file"):
         read_plane(tmp_path / "gone.png")
+
+
+def test_png_writer_refuses_what_a_png_cannot_hold(tmp_path: Path) -> None:
+    from edgeseg.imageio import write_png
+
+    for array in (np.zeros((4, 4), np.int32), np.zeros((4, 4, 2), np.uint8)):
+        with pytest.raises(ValueError, match="a PNG holds 8- or 16-bit"):
+            write_png(tmp_path / "x.png", array)
+    assert not list(tmp_path.iterdir())
