@@ -4,9 +4,9 @@ Every edgeseg semantic model predicts nucleus foreground and nucleus boundary ma
 predict each nucleus's normalised distance to its edge (1 at its centre, StarDist-like).
 Foreground pixels away from any boundary (and, with a distance map, near a centre) are seeds,
 one per nucleus even when nuclei touch; each foreground component is then split between its
-seeds by nearest seed. This runs in
-OpenCV only, so the runtime needs no scikit-image, and is the one post-processing used by
-`edgeseg segment`, training validation, export checks and benchmarks.
+seeds by nearest seed. This runs in OpenCV only, so the runtime needs no scikit-image, and is
+the one post-processing used by `edgeseg segment`, training validation, export checks and
+benchmarks.
 """
 
 from __future__ import annotations
