@@ -194,10 +194,7 @@ def source_key(path: Path) -> str:
 
 
 def refuse_unlistable(error: OSError) -> None:
-    """A folder that cannot be listed stops the batch: its images would be left out unseen.
-    One removed while the batch is listed (files being moved) held nothing to do."""
-    if isinstance(error, FileNotFoundError | NotADirectoryError):
-        return
+    """A folder that cannot be listed stops the batch: its images would be left out unseen."""
     raise BatchError(
         f"{error.filename}: cannot list this folder ({error.strerror}); its images would be "
         "left out. Make it readable, or give the other folders instead"
@@ -210,8 +207,14 @@ def walk_images(
     """Image files below ``folder`` in a stable order; hidden files and folders are skipped,
     and so are edgeseg's own outputs (a results folder kept beside the images) and the
     annotations of the Kaggle / DSB2018 layout (a ``masks`` folder beside ``images``).
-    A folder that cannot be listed goes to ``on_unlistable``."""
-    for root, dirs, files in os.walk(folder, onerror=on_unlistable):
+    A folder that cannot be listed goes to ``on_unlistable``; one removed while the folder is
+    listed (files being moved) held nothing to do and is passed over."""
+
+    def unlistable(error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError | NotADirectoryError):
+            on_unlistable(error)
+
+    for root, dirs, files in os.walk(folder, onerror=unlistable):
         annotations = {"masks"} if "images" in dirs else set()
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in annotations)
         try:

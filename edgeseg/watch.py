@@ -130,8 +130,6 @@ class FolderWatcher:
     def _skip_unlistable(self, error: OSError) -> None:
         """Watching goes on past a folder it cannot list (another user's, being set up),
         saying so once; its images are taken when it becomes readable."""
-        if isinstance(error, FileNotFoundError | NotADirectoryError):
-            return  # removed since it was listed: nothing there to wait for
         self.unlistable.add(error.filename)
         if error.filename not in self._warned:
             self._warned.add(error.filename)

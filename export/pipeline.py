@@ -219,20 +219,6 @@ class BaseExporter:
         """The source model in the runtime, segmenting as the artifacts will."""
         raise NotImplementedError
 
-    def _channels(self, recorded: dict[str, Any]) -> list[str]:
-        """The Keras model's output maps: as its manifest names them, else by their count."""
-        count = self._model.output_shape[-1]
-        if "output_channels" in recorded:
-            channels = list(output_channels(recorded))
-        else:  # a .keras without its manifest
-            channels = next((list(lay) for lay in CHANNEL_LAYOUTS if len(lay) == count), [])
-        if len(channels) != count:
-            raise ExportError(
-                f"{self.source}: the model returns {count} maps per pixel, its manifest names "
-                f"{channels or 'no layout of that many'}; not an edgeseg segmentation model"
-            )
-        return channels
-
     @property
     def crop_size(self) -> int:
         """Side of the square INT8 calibration crops."""
@@ -317,6 +303,20 @@ class Exporter(BaseExporter):
             self.tiles = TileSettings.from_manifest(self.source_manifest)
         except ValueError as error:  # a TensorRT-ready ONNX's manifest edited by hand
             raise ExportError(f"{self.source}: {error}") from error
+
+    def _channels(self, recorded: dict[str, Any]) -> list[str]:
+        """The Keras model's output maps: as its manifest names them, else by their count."""
+        count = self._model.output_shape[-1]
+        if "output_channels" in recorded:
+            channels = list(output_channels(recorded))
+        else:  # a .keras without its manifest
+            channels = next((list(lay) for lay in CHANNEL_LAYOUTS if len(lay) == count), [])
+        if len(channels) != count:
+            raise ExportError(
+                f"{self.source}: the model returns {count} maps per pixel, its manifest names "
+                f"{channels or 'no layout of that many'}; not an edgeseg segmentation model"
+            )
+        return channels
 
     def _keras_manifest(self) -> dict[str, Any]:
         """How the runtime runs the Keras source, to verify exports against it."""
