@@ -29,7 +29,13 @@ from training.maskrcnn.manifest import model_manifest  # noqa: E402
 
 @pytest.fixture(scope="module")
 def run(dsb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-step run: checkpoints at steps 1 and 2, validation and the best model at step 2."""
+    """A 2-step run: checkpoints at steps 1 and 2, validation and the best model at step 2.
+    Deterministic ops, so a resumed step can be compared with this one (multi-threaded
+    reductions otherwise round differently, and Adam turns that into up to a step's size
+    for weights whose gradient is near zero)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     return train_tiny(dsb, tmp_path_factory.mktemp("maskrcnn"))
 
 
