@@ -193,6 +193,14 @@ def discover(
                 model or artifact.stem, UNREADABLE, artifact, unavailable=str(error)
             )
         found.setdefault(artifact.resolve(), config)
+    named = {c.model for c in found.values()}
+    unreadable = any(c.target == UNREADABLE for c in found.values())  # may be the one asked for
+    if (unknown := [model for model in models if model not in named]) and not unreadable:
+        where = ", ".join(map(str, artifact_paths)) if artifact_paths else str(runs_dir)
+        raise ValueError(
+            f"no model named {', '.join(unknown)} in {where} (found: "
+            f"{', '.join(sorted(named)) or 'none'})"
+        )
     configs = [  # an artifact named on the command line whose manifest cannot be read names
         c  # no model or target to filter by: it is shown, so the user learns why it failed
         for c in found.values()

@@ -170,7 +170,7 @@ def run_bench(
             settings.targets,
             settings.include_builtin,
         )
-    except ValueError as error:  # an --artifacts path holding no model
+    except ValueError as error:  # an --artifacts path holding no model, an unknown --models
         raise BenchError(str(error)) from error
     if not configs:
         where = ", ".join(map(str, settings.artifacts)) or str(settings.runs_dir)

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,11 @@ LABEL_FORMATS = ("tif", "png")
 NUCLEI_SUFFIX = "_nuclei.csv"
 PREFETCH = 2  # images decoded ahead of inference, and segmented images waiting to be written
 SUMMARY_EVERY_S = 10.0
+
+
+#: Manifest sections that change labels; markers written before they were recorded lack
+#: them and still resume (`_same_settings`).
+MANIFEST_SETTINGS = {"postprocess": "model_postprocess", "tile": "model_tile"}
 
 
 class BatchError(ValueError):
@@ -116,23 +121,24 @@ class BatchSettings:
         """What makes two runs' labels differ: outputs made otherwise are never reused.
 
         The diameter, flip, tile and stained-channel keys appear only when not at their
-        defaults, so results made before they existed still resume. The model's own diameter
-        and stained channel are included because a regenerated manifest changes them without
-        changing the artifact's sha256.
+        defaults, so results made before they existed still resume. The model's own diameter,
+        stained channel, thresholds and tiling are included because a regenerated manifest
+        (thresholds tuned again) changes them without changing the artifact's sha256.
         """
         fingerprint = {
             "model": manifest.get("name"),
             "model_sha256": manifest.get("sha256"),
             "page": self.page,
             "channel": self.channel,
+            **{name: manifest[key] for key, name in MANIFEST_SETTINGS.items() if key in manifest},
         }
         if self.diameter is not None:
             fingerprint["diameter"] = self.diameter
             fingerprint["model_diameter"] = recorded_diameter(manifest)
         if self.test_time_flips:
             fingerprint["test_time_flips"] = True
-        if self.tile is not None:
-            fingerprint["tile"] = self.tile
+        if self.tile is not None and self.tile != manifest.get("tile", {}).get("size"):
+            fingerprint["tile"] = self.tile  # the model's own size asked for is no change
         if (stained_channel := preprocessing(manifest)) != "luma":
             fingerprint["stained_channel"] = stained_channel
         return fingerprint
@@ -208,13 +214,20 @@ def walk_images(
     and so are edgeseg's own outputs (a results folder kept beside the images) and the
     annotations of the Kaggle / DSB2018 layout (a ``masks`` folder beside ``images``).
     A folder that cannot be listed goes to ``on_unlistable``; one removed while the folder is
-    listed (files being moved) held nothing to do and is passed over."""
+    listed (files being moved) held nothing to do and is passed over. Links to folders are
+    followed (a plate assembled from links), each folder entered once, so a link to a folder
+    above cannot loop."""
 
     def unlistable(error: OSError) -> None:
         if not isinstance(error, FileNotFoundError | NotADirectoryError):
             on_unlistable(error)
 
-    for root, dirs, files in os.walk(folder, onerror=unlistable):
+    entered: set[str] = set()
+    for root, dirs, files in os.walk(folder, onerror=unlistable, followlinks=True):
+        if (real := os.path.realpath(root)) in entered:
+            dirs[:] = []
+            continue
+        entered.add(real)
         annotations = {"masks"} if "images" in dirs else set()
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in annotations)
         try:
@@ -230,6 +243,43 @@ def walk_images(
                 and name not in produced
             ):
                 yield Path(root) / name
+
+
+def recorded_stems(output: Path) -> dict[str, str]:
+    """source_key -> the stem its outputs in ``output`` have, from the done-markers: a file
+    keeps its outputs' name from run to run, and no other file takes it."""
+    stems = {}
+    for marker in sorted((output / DONE_DIR).glob("*.json")):
+        record = read_marker(marker)
+        if record is not None and isinstance(record.get("source"), str):
+            stems[source_key(Path(record["source"]))] = marker.stem
+    return stems
+
+
+def named_as_before(jobs: Sequence[ImageJob], output: Path) -> list[ImageJob]:
+    """``jobs`` with the names their files' outputs already have in ``output``; a file new
+    there whose name another file's results hold gets its folder's name in front
+    (``plate2__A01``), then a number, so an earlier run's results are never replaced by a
+    different image's."""
+    recorded = recorded_stems(output)
+    taken = {stem.casefold() for stem in recorded.values()}
+    named = []
+    for job in jobs:
+        stem = recorded.get(source_key(job.source)) or recorded.get(  # older markers: resolved
+            os.path.normcase(str(job.source.resolve()))
+        )
+        if stem is None:
+            with_folder = f"{located(job.source).parent.name}__{job.stem}"
+            stem = next(
+                (name for name in (job.stem, with_folder) if name.casefold() not in taken),
+                None,
+            )
+            number = 2
+            while stem is None or stem.casefold() in taken:
+                stem, number = f"{with_folder}_{number}", number + 1
+        taken.add(stem.casefold())
+        named.append(replace(job, stem=stem))
+    return named
 
 
 def outputs_recorded(folder: Path) -> set[str]:
@@ -325,10 +375,20 @@ def _check_writable(output: Path) -> None:
             "choose another -o or ask for write access"
         )
     markers = output / DONE_DIR  # another user's earlier run may have made it theirs alone
-    if markers.exists() and not (markers.is_dir() and os.access(markers, os.W_OK | os.X_OK)):
+    if markers.exists() and not markers.is_dir():
+        raise BatchError(
+            f"{markers} is a file: edgeseg records finished images in a folder of this name; "
+            "move the file away or choose another -o"
+        )
+    if markers.exists() and not os.access(markers, os.W_OK | os.X_OK):
         raise BatchError(
             f"{markers}: edgeseg records finished images here, and this user cannot write "
             "it; choose another -o or ask for write access"
+        )
+    if (output / SUMMARY_NAME).is_dir():
+        raise BatchError(
+            f"{output / SUMMARY_NAME} is a folder: edgeseg writes its table of results "
+            "there; move the folder away or choose another -o"
         )
 
 
@@ -371,21 +431,23 @@ def plan_batch(
 ) -> BatchPlan:
     """Split jobs into already complete (skipped) and to do; refuse to mix in foreign results.
 
-    An image is complete when its done-marker says it was made from the same file with the
-    same model, page, channel and diameter, and every output this run asks for exists.
-    Results made from another file or with other settings are never reused nor silently
+    Jobs first take the names their files' outputs already have (`named_as_before`), so
+    another file's results are never touched. An image is complete when its done-marker
+    says it was made with the same model, page, channel and diameter, and every output this
+    run asks for exists. Results made with other settings are never reused nor silently
     replaced. A file changed since its results were made (size or modification time:
     microscopes re-export under the same name) is done again.
     """
+    jobs = named_as_before(jobs, settings.output)
     if settings.overwrite:
-        return BatchPlan(list(jobs), [])
+        return BatchPlan(jobs, [])
     fingerprint = settings.fingerprint(manifest)
     todo, skipped, clashes = [], [], []
     for job in jobs:
         marker = read_marker(settings.marker(job.stem))
         if marker is None:
             todo.append(job)
-        elif _other_source(marker, job) or marker.get("settings") != fingerprint:
+        elif not _same_settings(marker.get("settings"), fingerprint):
             clashes.append((job, marker))
         elif _changed_since(marker, job):
             todo.append(job)
@@ -405,8 +467,8 @@ def plan_batch(
         job, marker = clashes[0]
         raise BatchError(
             f"{settings.output} already holds results for {len(clashes)} of these images made "
-            f"from another file or with other settings, e.g. {job.stem}: "
-            f"{_difference(marker, job, fingerprint)}. Use --overwrite to replace them, or "
+            f"with other settings, e.g. {job.stem}: "
+            f"{_difference(marker, fingerprint)}. Use --overwrite to replace them, or "
             "choose another output folder."
         )
     return BatchPlan(todo, skipped)
@@ -430,18 +492,6 @@ def source_stamp(path: Path) -> dict[str, int] | None:
     return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
-def _other_source(marker: Mapping[str, Any], job: ImageJob) -> str | None:
-    """Why the marker's results were not made from ``job``'s file, or None.
-
-    Markers name the file ``located`` (a link by its own path: re-pointing it is a change
-    of content, caught by the stamp); older ones named its resolved path.
-    """
-    here = {source_key(job.source), os.path.normcase(str(job.source.resolve()))}
-    if os.path.normcase(str(marker.get("source"))) not in here:
-        return f"made from {marker.get('source')}, not {located(job.source)}"
-    return None
-
-
 def _changed_since(marker: Mapping[str, Any], job: ImageJob) -> bool:
     """Whether ``job``'s file changed after the marker's results were made from it. Markers
     written before stamps were recorded, and files since moved away, count as unchanged."""
@@ -449,9 +499,17 @@ def _changed_since(marker: Mapping[str, Any], job: ImageJob) -> bool:
     return before is not None and now is not None and before != now
 
 
-def _difference(marker: Mapping[str, Any], job: ImageJob, fingerprint: Mapping[str, Any]) -> str:
-    if (reason := _other_source(marker, job)) is not None:
-        return reason
+def _same_settings(recorded: Any, fingerprint: Mapping[str, Any]) -> bool:
+    if not isinstance(recorded, dict):
+        return False
+    added = MANIFEST_SETTINGS.values()
+    older = {key: value for key, value in fingerprint.items() if key not in added}
+    return recorded == fingerprint or (
+        not any(key in recorded for key in added) and recorded == older
+    )
+
+
+def _difference(marker: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> str:
     before = marker.get("settings") or {}
     keys = [*fingerprint, *(key for key in before if key not in fingerprint)]
     changed = [key for key in keys if before.get(key) != fingerprint.get(key)]

@@ -45,7 +45,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(path, _not_a_file(path))
     suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
+    if _is_tiff(path):
         try:
             array = tifffile.imread(path)
         except Exception as error:  # tifffile raises many types for corrupt files
@@ -107,6 +107,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
 DEFAULT_MAX_MEGAPIXELS = 100.0
 _CHANNEL_AXES = "CS"
 _GENERIC_AXES = "QI"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
@@ -127,7 +128,7 @@ def read_plane(
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, _not_a_file(path))
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if _is_tiff(path):  # by content: a TIFF named .png is still read page by page
         array = _read_tiff_plane(path, page, channel, max_megapixels)
     else:
         size = _header_size(path)
@@ -147,6 +148,15 @@ def read_plane(
             raise ImageReadError(path, "no finite pixel value (all NaN or infinite)")
         array = np.nan_to_num(array, nan=0.0, posinf=finite.max(), neginf=finite.min())
     return array
+
+
+def _is_tiff(path: Path) -> bool:
+    """Whether the file starts as a (Big)TIFF does, whatever its name says."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) in _TIFF_MAGIC
+    except OSError as error:
+        raise ImageReadError(path, error.strerror or str(error)) from error
 
 
 def _check_size(path: Path, size: tuple[int, ...], max_megapixels: float) -> None:
@@ -228,7 +238,8 @@ def _read_series_plane(
         index = _pick_index(path, "page", page, len(images), f"images ({sizes})")
         series, page = images[index], None
     shape = tuple(series.shape)
-    axes, index = _planned(path, series.axes, shape, page, channel, megapixels)
+    colour = _samples_are_colour(series.keyframe)
+    axes, index = _planned(path, series.axes, shape, page, channel, megapixels, colour)
     page_shape = tuple(series.keyframe.shape)
     leading = len(shape) - len(page_shape)
     if (
@@ -256,8 +267,23 @@ def _read_own_page(
         sizes = ", ".join("x".join(map(str, p.shape)) for p in pages)
         chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
         page = None
-    axes, index = _planned(path, chosen.axes, tuple(chosen.shape), page, channel, megapixels)
+    colour = _samples_are_colour(chosen)
+    axes, index = _planned(
+        path, chosen.axes, tuple(chosen.shape), page, channel, megapixels, colour
+    )
     return chosen.asarray(), axes, index
+
+
+def _samples_are_colour(page: tifffile.TiffPage) -> bool:
+    """Whether a page's samples are one colour image (RGB, or gray plus alpha) rather than
+    separate channels, which the TIFF's photometric tag and extra-sample types tell: a
+    MINISBLACK page of 2-4 samples is a multichannel stack (DAPI may be any of them)."""
+    photometric = tifffile.PHOTOMETRIC
+    if page.photometric in (photometric.RGB, photometric.YCBCR, photometric.PALETTE):
+        return True
+    extra = tuple(page.extrasamples)
+    alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+    return page.samplesperpixel == 2 and len(extra) == 1 and extra[0] in alpha
 
 
 def _planned(
@@ -267,12 +293,13 @@ def _planned(
     page: int | None,
     channel: int | None,
     megapixels: float,
+    colour: bool,
 ) -> tuple[str, list[int | slice]]:
     """The logical axes of an array of ``shape`` and the index of the plane asked for; its
     size is refused before any pixel is read."""
     axes = _logical_axes(axes, shape)
     _check_size(path, (shape[axes.index("Y")], shape[axes.index("X")]), megapixels)
-    return axes, _plan(path, axes, shape, page, channel)
+    return axes, _plan(path, axes, shape, page, channel, colour)
 
 
 def _native(array: np.ndarray) -> np.ndarray:
@@ -312,9 +339,15 @@ def _pick_index(path: Path, option: str, value: int | None, count: int, what: st
 
 
 def _plan(
-    path: Path, axes: str, shape: tuple[int, ...], page: int | None, channel: int | None
+    path: Path,
+    axes: str,
+    shape: tuple[int, ...],
+    page: int | None,
+    channel: int | None,
+    colour: bool = True,
 ) -> list[int | slice]:
-    """One index per axis: a number for plane and channel axes, a full slice for Y, X and colour."""
+    """One index per axis: a number for plane and channel axes, a full slice for Y, X and
+    colour (``colour``: 2-4 samples per pixel are a colour image, not channels)."""
     planes = [i for i, a in enumerate(axes) if a not in "YX" + _CHANNEL_AXES and shape[i] > 1]
     channels = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES and shape[i] > 1]
     if (
@@ -345,7 +378,7 @@ def _plan(
             index[i] = int(value)
     if channels:
         axis = channels[0]
-        colour = axes[axis] == "S" and shape[axis] in (2, 3, 4)
+        colour = colour and axes[axis] == "S" and shape[axis] in (2, 3, 4)
         if channel is not None or not colour:
             index[axis] = _pick_index(path, "channel", channel, shape[axis], "channels")
     elif channel is not None:

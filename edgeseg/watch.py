@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.batch import (
-    DONE_DIR,
     BatchError,
     BatchPlan,
     BatchSettings,
@@ -34,7 +33,7 @@ from edgeseg.batch import (
     check_output_folder,
     earlier_rows,
     plan_batch,
-    read_marker,
+    recorded_stems,
     run_batch,
     source_key,
     source_stamp,
@@ -104,11 +103,8 @@ class FolderWatcher:
 
     def _resume(self) -> None:
         """Take names and finished results from OUT's done-markers; refuse foreign results."""
-        for marker in sorted((self.settings.output / DONE_DIR).glob("*.json")):
-            record = read_marker(marker)
-            if record is not None and isinstance(record.get("source"), str):
-                self._stems[source_key(Path(record["source"]))] = marker.stem
-                self._taken.add(marker.stem.casefold())
+        self._stems = recorded_stems(self.settings.output)
+        self._taken = {stem.casefold() for stem in self._stems.values()}
         present = [self._job(path) for path in walk_images(self.folder, self._skip_unlistable)]
         here = {source_key(job.source) for job in present}
         for source in sorted(self._stems.keys() - here):  # images no longer here

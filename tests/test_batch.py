@@ -75,6 +75,19 @@ def _summary(output: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.parametrize("blocker", [".edgeseg-done", "summary.csv"])
+def test_an_output_where_edgeseg_needs_the_other_kind_is_refused_up_front(
+    tmp_path: Path, blocker: str
+) -> None:
+    (tmp_path / "out").mkdir()
+    if blocker == "summary.csv":
+        (tmp_path / "out" / blocker).mkdir()
+    else:
+        (tmp_path / "out" / blocker).write_text("")
+    with pytest.raises(BatchError, match=f"{blocker} is a (folder|file)"):
+        check_output_folder(tmp_path / "out", [tmp_path / "in"])
+
+
 def test_stems_unique_names_kept_and_clashes_use_relative_path(tmp_path: Path) -> None:
     paths = [
         tmp_path / "a" / "X.png",
@@ -188,9 +201,33 @@ def test_plan_skips_complete_redoes_incomplete_refuses_foreign(tmp_path: Path) -
     with pytest.raises(BatchError, match="--overwrite"):
         plan_batch(jobs, BatchSettings(output=tmp_path / "out", channel=1), MANIFEST)
     assert len(plan_batch(jobs, BatchSettings(tmp_path / "out", overwrite=True), MANIFEST).todo)
-    other = _write_images(tmp_path / "elsewhere", 1)
-    with pytest.raises(BatchError, match="made from .*img00.png, not"):
-        plan_batch(discover_images(other), settings, MANIFEST)
+    other = _write_images(tmp_path / "elsewhere", 1)  # another img00.png: another name
+    assert [job.stem for job in plan_batch(discover_images(other), settings, MANIFEST).todo] == [
+        "elsewhere__img00"
+    ]
+
+
+def test_thresholds_tuned_again_are_other_settings_but_older_markers_resume(
+    tmp_path: Path,
+) -> None:
+    _write_images(tmp_path / "in", 2)
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    tuned = {**MANIFEST, "postprocess": {"foreground_threshold": 0.5}, "tile": {"size": 256}}
+    segmenter = ThresholdSegmenter()
+    segmenter.manifest = tuned
+    run_batch(segmenter, plan_batch(jobs, settings, tuned), settings)
+    assert len(plan_batch(jobs, settings, tuned).skipped) == 2
+    retuned = {**tuned, "postprocess": {"foreground_threshold": 0.9}}
+    with pytest.raises(BatchError, match="model_postprocess .*0.5.*now .*0.9"):
+        plan_batch(jobs, settings, retuned)
+    marker = settings.marker("img00")  # as written before thresholds were recorded
+    record = json.loads(marker.read_text())
+    del record["settings"]["model_postprocess"], record["settings"]["model_tile"]
+    marker.write_text(json.dumps(record))
+    assert [r.job.stem for r in plan_batch(jobs[:1], settings, retuned).skipped] == ["img00"]
+    own_tile = BatchSettings(output=tmp_path / "out", tile=256)  # the model's: no change
+    assert len(plan_batch(jobs, own_tile, tuned).skipped) == 2
 
 
 def test_a_file_replaced_under_its_name_is_done_again(tmp_path: Path) -> None:
@@ -212,6 +249,32 @@ def test_a_file_replaced_under_its_name_is_done_again(tmp_path: Path) -> None:
     assert rows[1]["status"] == "skipped"
 
 
+def test_outputs_keep_their_names_and_a_new_file_never_takes_another_files(
+    tmp_path: Path,
+) -> None:
+    """plate1/A01 then plate2/A01 into one folder, even with --overwrite: both kept; then
+    both plates at once: plate1's A01 keeps its name (no orphaned outputs)."""
+    for plate in ("plate1", "plate2"):
+        _write_images(tmp_path / plate, 1)[0].rename(tmp_path / plate / "A01.png")
+    output = tmp_path / "out"
+    for plate, overwrite in (("plate1", False), ("plate2", True)):
+        settings = BatchSettings(output=output, overwrite=overwrite)
+        plan = plan_batch(discover_images([tmp_path / plate]), settings, MANIFEST)
+        run_batch(ThresholdSegmenter(), plan, settings)
+    assert (output / "A01_labels.tif").is_file() and (output / "plate2__A01_labels.tif").is_file()
+    both = plan_batch(
+        discover_images([tmp_path / "plate1", tmp_path / "plate2"]),
+        BatchSettings(output=output),
+        MANIFEST,
+    )
+    assert [r.job.stem for r in both.skipped] == ["A01", "plate2__A01"] and not both.todo
+    sources = {row["output_stem"]: row["file"] for row in _summary(output)}
+    assert sources == {
+        "A01": str(tmp_path / "plate1" / "A01.png"),
+        "plate2__A01": str(tmp_path / "plate2" / "A01.png"),
+    }
+
+
 def test_symbolic_links_are_files_of_their_own(tmp_path: Path) -> None:
     """git-annex and DataLad folders hold links, several of them to one content file; a
     link re-pointed to new content is a changed file, done again."""
@@ -228,6 +291,21 @@ def test_symbolic_links_are_files_of_their_own(tmp_path: Path) -> None:
     (plate / "A02_control.png").unlink()
     (plate / "A02_control.png").symlink_to(store[1])
     assert [job.stem for job in plan_batch(jobs, settings, MANIFEST).todo] == ["A02_control"]
+
+
+def test_linked_folders_are_searched_once_and_cannot_loop(tmp_path: Path) -> None:
+    _write_images(tmp_path / "store" / "day1", 2)
+    plate = tmp_path / "plate"
+    _write_images(plate, 1)
+    (plate / "day1").symlink_to(tmp_path / "store" / "day1")
+    (plate / "again").symlink_to(tmp_path / "store" / "day1")  # the same folder twice
+    (plate / "loop").symlink_to(plate)
+    jobs = discover_images([plate])
+    assert [job.source.relative_to(plate).as_posix() for job in jobs] == [
+        "img00.png",
+        "again/img00.png",  # "day1" is the folder "again" already was
+        "again/img01.png",
+    ]
 
 
 def test_a_folder_reached_by_another_path_resumes(tmp_path: Path) -> None:
@@ -369,8 +447,8 @@ def test_summary_keeps_the_rows_of_images_not_in_this_run(tmp_path: Path) -> Non
         ("img01", "ok"),
     ]
     # The same file under another name (a stem given when names clashed) is one row.
-    renamed = [batch.ImageJob(0, paths[1], "in__img01")]
-    run_batch(ThresholdSegmenter(), plan_batch(renamed, settings, MANIFEST), settings)
+    renamed = [batch.ImageJob(0, paths[1], "in__img01")]  # plan_batch would keep its name
+    run_batch(ThresholdSegmenter(), batch.BatchPlan(renamed, []), settings)
     assert [row["output_stem"] for row in _summary(settings.output)] == [
         "in__img01",
         "img00",

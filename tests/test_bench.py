@@ -238,6 +238,14 @@ def test_an_unreadable_manifest_is_listed_whatever_the_filter(tmp_path: Path) ->
     assert _base_record(config)["status"] == "failed"  # broken, not merely unsupported here
 
 
+def test_an_unknown_model_or_a_missing_runs_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no model named typo_model in .*found: unet"):
+        discover(runs_dir=tmp_path, models=["typo_model"])  # the built-in model: unet_...
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--runs", str(missing)])
+    assert result.exit_code == 2 and "nope: no such folder" in result.output
+
+
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--targets", "onnx-fp8"])
     assert result.exit_code == 2 and "onnx-fp8" in result.output

@@ -76,6 +76,12 @@ def test_plain_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sample.image, image)
 
 
+def test_the_dataset_root_instead_of_a_split_is_named_as_such(kaggle_root: Path) -> None:
+    result = CliRunner().invoke(main, ["data", "check", str(kaggle_root.parent)])
+    assert result.exit_code == 1
+    assert "holds whole splits: give one, e.g." in result.output
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -131,6 +137,14 @@ def test_cache_is_keyed_by_content(kaggle_root: Path, tmp_path: Path) -> None:
     assert not np.array_equal(first[2].labels, second[2].labels)
     np.testing.assert_array_equal(first[0].labels, second[0].labels)
     assert [s.id for s in load_dataset(kaggle_root, cache, ids=["id1"])] == ["id1"]
+
+
+def test_a_cache_that_cannot_be_written_only_warns(kaggle_root: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would be")
+    with pytest.warns(UserWarning, match="npz: cannot write the decode cache"):
+        samples = load_dataset(kaggle_root, cache_dir=blocked)
+    assert len(samples) == 3
 
 
 def test_cache_made_by_another_decoder_version_is_not_served(

@@ -87,13 +87,13 @@ def test_a_json_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     _write_predictions(tmp_path / "pred", truth)
     (tmp_path / "file").write_text("not a folder")
     pred, data, cache = (str(tmp_path / name) for name in ("pred", "data", "cache"))
-    for blocked, message in (
-        (tmp_path / "file" / "scores.json", f"Error: {tmp_path / 'file'}: not a folder"),
-        (Path("/proc/scores.json"), "Error: /proc/scores.json: No such file or directory"),
-    ):  # the path the user gave, not the temporary file beside it
-        result = _run(pred, "--data", data, "--json", str(blocked), "--cache-dir", cache)
-        assert result.exit_code == 1
-        assert result.output.splitlines()[-1] == message
+    blocked = tmp_path / "file" / "scores.json"  # refused before the scoring
+    result = _run(pred, "--data", data, "--json", str(blocked), "--cache-dir", cache)
+    assert result.exit_code == 2
+    assert f"cannot write {blocked}: {tmp_path / 'file'} is not a writable folder" in result.output
+    result = _run(pred, "--data", data, "--json", "/proc/scores.json", "--cache-dir", cache)
+    assert result.exit_code == 1  # the path the user gave, not the temporary file beside it
+    assert result.output.splitlines()[-1] == "Error: /proc/scores.json: No such file or directory"
 
 
 def test_a_json_path_naming_a_folder_is_refused_before_scoring(tmp_path):

@@ -85,6 +85,43 @@ def test_channels_last_tiff_needs_channel(tmp_path: Path) -> None:
     assert (read_plane(path, channel=4) == 207).all()
 
 
+@pytest.mark.parametrize(
+    ("samples", "options", "colour"),
+    [
+        (3, {"photometric": "rgb"}, True),
+        (4, {"photometric": "rgb", "extrasamples": ["unassalpha"]}, True),
+        (2, {"photometric": "minisblack", "extrasamples": ["assocalpha"]}, True),
+        (2, {"photometric": "minisblack"}, False),  # e.g. a membrane and a DAPI channel
+        (3, {"photometric": "minisblack"}, False),
+        (4, {"photometric": "minisblack", "planarconfig": "separate"}, False),
+    ],
+)
+def test_samples_are_colour_only_when_the_tiff_says_so(
+    tmp_path: Path, samples: int, options: dict, colour: bool
+) -> None:
+    path = tmp_path / "samples.tif"
+    data = np.moveaxis(_planes(samples, dtype=np.uint8), 0, -1)
+    if options.get("planarconfig") == "separate":
+        data = np.moveaxis(data, -1, 0)
+    tifffile.imwrite(path, data, **options)
+    if colour:
+        assert read_plane(path).shape == (24, 32, samples)
+    else:
+        with pytest.raises(ImageReadError, match=f"has {samples} channels; choose one"):
+            read_plane(path)
+    assert (read_plane(path, channel=1) == 57).all()
+
+
+def test_the_format_is_read_from_the_content_not_the_name(tmp_path: Path) -> None:
+    tiff_named_png, png_named_tiff = tmp_path / "stack.png", tmp_path / "plain.tif"
+    tifffile.imwrite(tiff_named_png, _planes(3), imagej=True, metadata={"axes": "ZYX"})
+    cv2.imwrite(str(tmp_path / "plain.png"), np.full((24, 32), 9, np.uint8))
+    (tmp_path / "plain.png").rename(png_named_tiff)
+    with pytest.raises(ImageReadError, match="has 3 pages"):  # not page 0 alone, silently
+        read_plane(tiff_named_png)
+    assert (read_plane(png_named_tiff) == 9).all()
+
+
 def test_multipage_tiff_needs_and_honours_page(tmp_path: Path) -> None:
     imagej = tmp_path / "z.tif"
     tifffile.imwrite(imagej, _planes(4), imagej=True, metadata={"axes": "ZYX"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +118,7 @@ def test_magnified_validation_keeps_every_nucleus_and_its_shape() -> None:
         assert (big_labels == label).sum() == 9 * (labels == label).sum()
 
 
-@pytest.mark.parametrize("name", ["simple_cnn", "unet", "resnet"])
+@pytest.mark.parametrize("name", ["simple_cnn", "unet", "resnet", "mobilenet_unet"])
 def test_models_are_fully_convolutional(name: str) -> None:
     from training.models import build_model, size_multiple
 
@@ -125,12 +126,14 @@ def test_models_are_fully_convolutional(name: str) -> None:
         "simple_cnn": {"filters": 4, "dense_units": 4},
         "unet": {"base_filters": 4},
         "resnet": {"widths": (4, 8, 8, 8, 8), "decoder_filters": 4},
+        "mobilenet_unet": {"pretrained": False, "decoder_filters": (4, 4, 4, 4, 4)},
     }[name]
     model = build_model(name, **small)
+    multiple = size_multiple(name, small)
     for size in (32, 48):
-        side = size * max(1, size_multiple(name, small) // 16)
-        output = model(np.zeros((1, side, side + 16, 1), np.float32))
-        assert tuple(output.shape) == (1, side, side + 16, 2)
+        side = size * max(1, multiple // 16)
+        output = model(np.zeros((1, side, side + multiple, 1), np.float32))
+        assert tuple(output.shape) == (1, side, side + multiple, 2)
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
 
 
@@ -228,6 +231,29 @@ def test_an_unknown_stained_channel_is_refused_before_training() -> None:
 
     with pytest.raises(ValueError, match="'hematoxilin'"):
         TrainConfig(model="unet", stained_channel="hematoxilin")
+
+
+def test_train_refuses_bad_configs_data_and_taken_folders_in_one_line(tmp_path: Path) -> None:
+    """Each mistake is named before any data is read, without a traceback."""
+    from edgeseg.cli import main
+
+    data = tmp_path / "dsb"
+    (data / "stage1_train").mkdir(parents=True)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "state.json").write_text("{}")
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "unknown.json").write_text('{"epochz": 3}')
+    base = ["train", "--model", "unet", "--data", str(data), "--out"]
+    for arguments, message in (
+        ([str(tmp_path / "run"), "--config", str(tmp_path / "broken.json")], "broken.json: not"),
+        ([str(tmp_path / "run"), "--config", str(tmp_path / "unknown.json")], "epochz"),
+        ([str(taken)], "already holds a run; use --resume"),
+        ([str(tmp_path / "run")], "stage1_train_fixed.*--data is the DSB2018 folder"),
+    ):
+        result = CliRunner().invoke(main, base + arguments)
+        assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+        assert re.search(message, result.output.replace("\n", " ")), result.output
 
 
 def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:

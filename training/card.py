@@ -164,6 +164,7 @@ def render_card(run_dir: Path) -> str:
 
     from training.complexity import conv_flops
     from training.manifest import TILE_SIZE
+    from training.models import pretrained_weights
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())
@@ -182,6 +183,7 @@ def render_card(run_dir: Path) -> str:
         f"{DISTANCE_NOTE if 'distance' in config.output_channels else ''}.",
         f"- Parameters: {model.count_params():,}; FLOPs per {TILE_SIZE}x{TILE_SIZE} tile: "
         f"{conv_flops(model, TILE_SIZE) / 1e9:.2f} G (convolutions, multiply-add = 2).",
+        f"- Starting weights: {pretrained_weights(config.model, config.model_kwargs) or 'random'}.",
         data_line(config.data_copy),
         *training_lines(config, state, run_dir),
         "",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def conv_flops(model, tile: int) -> int:
-    """FLOPs of all Conv2D/Conv2DTranspose layers for one (tile x tile) single-channel input."""
+    """FLOPs of all convolutions (depthwise, transposed) for one (tile x tile) gray input."""
     import keras
 
     fixed = keras.models.clone_model(model, input_tensors=keras.Input((tile, tile, 1)))
@@ -17,6 +17,9 @@ def conv_flops(model, tile: int) -> int:
         if isinstance(layer, keras.layers.Conv2DTranspose):
             _, height, width, _ = layer.input.shape  # each input pixel scatters one kernel
             kernel_h, kernel_w, filters, channels = layer.kernel.shape
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):  # one kernel per channel
+            _, height, width, channels = layer.output.shape
+            kernel_h, kernel_w, _, filters = layer.kernel.shape  # filters: depth multiplier
         elif isinstance(layer, keras.layers.Conv2D):
             _, height, width, _ = layer.output.shape
             kernel_h, kernel_w, channels, filters = layer.kernel.shape

@@ -36,7 +36,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
     import keras
 
     from training.complexity import conv_flops
-    from training.models import size_multiple
+    from training.models import pretrained_weights, size_multiple
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())
@@ -45,6 +45,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
     if nucleus_diameter is None and manifest_path(artifact).is_file():
         nucleus_diameter = read_manifest(artifact, verify=False).get("nucleus_diameter")
     measured = {} if nucleus_diameter is None else {"nucleus_diameter": nucleus_diameter}
+    pretrained = pretrained_weights(config.model, config.model_kwargs)
     return write_manifest(
         artifact,
         name=f"{config.model}-keras-fp32",
@@ -73,6 +74,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
             "best_epoch": state["best_epoch"],
             "validation": state.get("best_metrics", {}),
             **({"members": state["members"]} if "members" in state else {}),  # an ensemble's
+            **({"pretrained": pretrained} if pretrained else {}),
         },
         **measured,
     )

@@ -111,6 +111,11 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / "state.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or a new --out")
+
+
 def train(
     config: TrainConfig,
     data_root: Path,
@@ -122,6 +127,8 @@ def train(
     """Train (or resume) on DSB2018 stage1 with the fixed split; returns the final state."""
     if resume and (run_dir / "config.json").is_file():
         config = TrainConfig.from_file(run_dir / "config.json")
+    elif not resume:
+        refuse_existing_run(run_dir)  # before minutes of loading data
     train_samples, validation = load_train_validation(data_root, config.data_copy, cache_dir)
     return train_on_samples(config, train_samples, validation, run_dir, resume, verbose)
 
@@ -152,8 +159,7 @@ def train_on_samples(
         state = json.loads(state_path.read_text())
         model = keras.saving.load_model(checkpoint_path)
     else:
-        if state_path.exists():
-            raise FileExistsError(f"{run_dir} already holds a run; use --resume or a new --out")
+        refuse_existing_run(run_dir)
         keras.utils.set_random_seed(config.seed)
         (run_dir / "config.json").write_text(config.to_json())
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": None, "wall_seconds": 0.0}

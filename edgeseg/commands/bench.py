@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from edgeseg.commands.options import THREADS, data_root_option, split_option
 
@@ -35,8 +36,9 @@ from edgeseg.commands.options import THREADS, data_root_option, split_option
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("training/runs"),
     show_default=True,
-    help="Training runs: <runs>/<model>/*.keras, <runs>/<model>/export/* and Mask R-CNN "
-    "manifests (<runs>/<model>/model/maskrcnn.json, <runs>/<model>/export/**/maskrcnn.json).",
+    help="Training runs (relative to the current folder: run from the repository): "
+    "<runs>/<model>/*.keras, <runs>/<model>/export/* and Mask R-CNN manifests "
+    "(<runs>/<model>/model/maskrcnn.json, <runs>/<model>/export/**/maskrcnn.json).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), help="Timed calls per batch [20; quick 3].")
 @click.option(
@@ -104,6 +106,14 @@ def bench(
             f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}",
             param_hint="--targets",
         )
+    if not artifacts and not runs_dir.is_dir():
+        if click.get_current_context().get_parameter_source("runs_dir") != ParameterSource.DEFAULT:
+            raise click.BadParameter(f"{runs_dir}: no such folder", param_hint="--runs")
+        click.echo(
+            f"no {runs_dir} folder here (it is relative to the current folder): only the "
+            "built-in model is benchmarked; give --runs or --artifacts for others",
+            err=True,
+        )
     settings = BenchSettings(
         data=data_root,
         split=split,
@@ -128,7 +138,7 @@ def bench(
         click.echo(f"wrote {path}")
     failed = [r for r in result["records"] if r["status"] == "failed"]
     if failed:  # a script running the benchmark must not take a broken model for a result
-        names = ", ".join(f"{r['model']} {r['target']}" for r in failed)
+        names = ", ".join(f"{r['model']} {r['target']} ({r['artifact']})" for r in failed)
         raise click.ClickException(f"{len(failed)} of {len(result['records'])} failed: {names}")
 
 

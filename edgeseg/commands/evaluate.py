@@ -46,8 +46,13 @@ def json_destination(value: str | None) -> Path | None:
         return None
     if not value:
         raise click.BadParameter("an empty name; give a file, e.g. scores.json")
-    if value.endswith(("/", os.sep)):
+    if value.endswith(("/", os.sep)) or Path(value).is_dir():
+        value = value.rstrip("/" + os.sep) + os.sep
         raise click.BadParameter(f"{value} names a folder; give a file, e.g. {value}scores.json")
+    path = Path(value).absolute()
+    folder = next(parent for parent in path.parents if parent.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot write {value}: {folder} is not a writable folder")
     return Path(value)
 
 

@@ -24,6 +24,33 @@ split_option = click.option(
 )
 
 
+class OutputFolder(click.Path):
+    """-o: a folder path; an empty one (a shell variable left unset) is refused rather than
+    taken for the current folder."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty name; give a folder, e.g. results/", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class PositiveNumber(click.FloatRange):
+    """A number above 0 (infinity allowed: no limit); NaN, which compares false with every
+    limit and so would switch the check off, is refused."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail("not a number", param, ctx)
+        return number
+
+
 #: --threads beyond this is a typo, not a machine: thread creation alone would hang the run.
 THREADS = click.IntRange(min=1, max=256)
 

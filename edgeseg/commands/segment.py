@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from edgeseg.backends import BACKENDS
-from edgeseg.commands.options import THREADS, diameter_option, test_time_flips_option
+from edgeseg.commands.options import (
+    THREADS,
+    OutputFolder,
+    PositiveNumber,
+    diameter_option,
+    test_time_flips_option,
+)
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
     from edgeseg.maskrcnn_model import MaskRCNNSegmenter
@@ -32,7 +38,7 @@ PARALLEL_IMAGES = 2
     "-o",
     "--output",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     help="Folder for the results, created if needed; not an input folder nor inside one.",
 )
 @click.option(
@@ -91,7 +97,7 @@ PARALLEL_IMAGES = 2
 )
 @click.option(
     "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PositiveNumber(),
     help="Refuse larger images, as read or as rescaled by --diameter (they need about 60 "
     "bytes of memory per pixel) [default: 100].",
 )

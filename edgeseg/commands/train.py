@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-MODELS = ("simple_cnn", "unet", "resnet", "maskrcnn")
+MODELS = ("simple_cnn", "unet", "resnet", "mobilenet_unet", "maskrcnn")
 
 
 @click.command()
@@ -97,26 +98,60 @@ def train(
             err=True,
         )
     from edgeseg.data.cache import DEFAULT_CACHE_DIR
+    from edgeseg.data.dataset import DatasetError
 
     cache_dir = cache_dir or DEFAULT_CACHE_DIR
-    if model_name == "maskrcnn":
-        _train_maskrcnn(data_root, run_dir, config_file, steps, data_copy, resume, cache_dir)
-        return
+    try:
+        if model_name == "maskrcnn":
+            _train_maskrcnn(data_root, run_dir, config_file, steps, data_copy, resume, cache_dir)
+            return
+        state = _train_semantic(
+            model_name, data_root, run_dir, config_file, epochs, steps, data_copy, resume, cache_dir
+        )
+    except DatasetError as error:
+        raise click.ClickException(
+            f"{error} (--data is the DSB2018 folder holding stage1_train and stage1_train_fixed)"
+        ) from error
+    except FileExistsError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"epoch {state['epoch']}: best validation score {state['best_score']:.4f} "
+        f"at epoch {state['best_epoch']}; model in {run_dir / 'model.keras'}"
+    )
+
+
+def _train_semantic(
+    model_name: str,
+    data_root: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    epochs: int | None,
+    steps: int | None,
+    data_copy: str | None,
+    resume: bool,
+    cache_dir: Path,
+) -> dict:
     try:
         from training.config import TrainConfig
         from training.train import train as run_training
     except ImportError as error:
         raise _missing_train_extra(error) from error
-    config = TrainConfig.from_file(config_file) if config_file else TrainConfig(model=model_name)
+    config = _read_config(TrainConfig, config_file) or TrainConfig(model=model_name)
     config.model = model_name
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("data_copy", data_copy)):
         if value is not None:
             setattr(config, name, value)
-    state = run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
-    click.echo(
-        f"epoch {state['epoch']}: best validation score {state['best_score']:.4f} "
-        f"at epoch {state['best_epoch']}; model in {run_dir / 'model.keras'}"
-    )
+    return run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
+
+
+def _read_config(config_class: Any, path: Path | None) -> Any:
+    """The --config file's settings, or None without one; a clear error for a bad file."""
+    if path is None:
+        return None
+    try:
+        return config_class.from_file(path)
+    except (OSError, ValueError, TypeError) as error:  # unreadable, not JSON, unknown keys
+        raise click.ClickException(f"{path}: not a usable training config ({error})") from error
 
 
 def _train_maskrcnn(
@@ -134,7 +169,7 @@ def _train_maskrcnn(
         from training.maskrcnn.train import train as run_training
     except ImportError as error:
         raise _missing_train_extra(error) from error
-    config = MaskRCNNTrainConfig.from_file(config_file) if config_file else MaskRCNNTrainConfig()
+    config = _read_config(MaskRCNNTrainConfig, config_file) or MaskRCNNTrainConfig()
     for name, value in (("steps", steps), ("data_copy", data_copy)):
         if value is not None:
             setattr(config, name, value)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from edgeseg.commands.options import OutputFolder
 from edgeseg.commands.segment import (
     diameter_note,
     exit_interrupted,
@@ -52,7 +53,7 @@ def _log(message: str) -> None:
     "-o",
     "--output",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     help="Folder for the results, created if needed; not FOLDER nor inside it.",
 )
 @click.option(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.atomic import atomic_path, remove_stale_temporaries
-from edgeseg.data.dataset import Sample, SampleRef, find_samples, load_sample
+from edgeseg.data.dataset import DatasetError, Sample, SampleRef, find_samples, load_sample
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
 #: Part of every cache key: raise it whenever edgeseg.data decodes samples differently (2:
@@ -60,19 +60,27 @@ def load_dataset(
     wanted = set(ids)
     missing = wanted - {s.id for s in samples}
     if missing:
-        raise KeyError(f"{root}: ids not in dataset: {sorted(missing)[:5]}")
+        raise DatasetError(f"{root}: ids not in dataset: {sorted(missing)[:5]}")
     return [s for s in samples if s.id in wanted]
 
 
 def _write_cache(path: Path, samples: list[Sample]) -> None:
-    # caches half-written by killed processes, sparing any another process writes now
-    remove_stale_temporaries(path.parent)
+    """Best effort: a cache that cannot be written (read-only, full disk) only costs time."""
     arrays = {}
     for sample in samples:
         arrays[f"image/{sample.id}"] = sample.image
         arrays[f"labels/{sample.id}"] = sample.labels
-    with atomic_path(path) as temporary:
-        np.savez_compressed(temporary, **arrays)
+    try:
+        # caches half-written by killed processes, sparing any another process writes now
+        remove_stale_temporaries(path.parent)
+        with atomic_path(path) as temporary:
+            np.savez_compressed(temporary, **arrays)
+    except OSError as error:
+        warnings.warn(
+            f"{path}: cannot write the decode cache ({error.strerror or error}); the images "
+            "are decoded again next time",
+            stacklevel=3,
+        )
 
 
 def _read_cache(path: Path) -> list[Sample] | None:

@@ -51,7 +51,9 @@ def _kaggle_refs(root: Path) -> list[SampleRef]:
     for sample_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         images_dir = sample_dir / "images"
         if not images_dir.is_dir():
-            raise DatasetError(f"{sample_dir}: missing images/ folder")
+            split = any((child / "images").is_dir() for child in sample_dir.iterdir())
+            hint = f" ({root} holds whole splits: give one, e.g. {sample_dir})" if split else ""
+            raise DatasetError(f"{sample_dir}: missing images/ folder{hint}")
         image_path = images_dir / f"{sample_dir.name}.png"
         if not image_path.is_file():
             found = sorted(images_dir.glob("*.png"))

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import keras
 
+from training.models.mobilenet_unet import DOWNSAMPLING as MOBILENET_DOWNSAMPLING
+from training.models.mobilenet_unet import build_mobilenet_unet
 from training.models.resnet import build_resnet
 from training.models.simple_cnn import build_simple_cnn
 from training.models.unet import build_unet
@@ -20,6 +22,7 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "simple_cnn": build_simple_cnn,
     "unet": build_unet,
     "resnet": build_resnet,
+    "mobilenet_unet": build_mobilenet_unet,
 }
 
 
@@ -29,7 +32,16 @@ def size_multiple(name: str, model_kwargs: dict) -> int:
         return 2 ** model_kwargs.get("depth", 4)
     if name == "resnet":
         return 2 ** (len(model_kwargs.get("widths", (16, 32, 64, 128, 256))) - 1)
+    if name == "mobilenet_unet":
+        return MOBILENET_DOWNSAMPLING
     return 1
+
+
+def pretrained_weights(name: str, model_kwargs: dict) -> str | None:
+    """Where a model's starting weights came from, if not random: cards and manifests say so."""
+    if name == "mobilenet_unet" and model_kwargs.get("pretrained", True):
+        return "encoder: torchvision's ImageNet MobileNetV2 (training/pretrained/PROVENANCE.md)"
+    return None
 
 
 def build_model(name: str, **kwargs) -> keras.Model:

