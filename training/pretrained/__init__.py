@@ -21,6 +21,12 @@ MOBILENET_V2_SHA256 = "9f2632165b24ca6c56034cbb4b6d190dd3807be21f23ecc6ae9557884
 
 def mobilenet_v2_weights() -> dict[str, np.ndarray]:
     """torchvision's MobileNetV2 ImageNet state_dict (features only), keyed by its names."""
+    if not MOBILENET_V2_FILE.is_file():  # 9 MB the runtime wheel does not carry
+        raise FileNotFoundError(
+            f"{MOBILENET_V2_FILE}: the ImageNet weights live in the repository, not in the "
+            "installed package; train from a checkout (pip install -e '.[train]') or redo "
+            "the conversion (training/pretrained/PROVENANCE.md)"
+        )
     digest = hashlib.sha256(MOBILENET_V2_FILE.read_bytes()).hexdigest()
     if digest != MOBILENET_V2_SHA256:
         raise ValueError(
