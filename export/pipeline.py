@@ -323,8 +323,8 @@ class Exporter(BaseExporter):
         from training.models import size_multiple
 
         recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
-        # as training recorded it (a deeper U-Net needs more), else the architecture's default
-        multiple = recorded.get("tile", {}).get("multiple") or size_multiple(self._model.name, {})
+        # as training recorded it, else measured (a .keras without its manifest)
+        multiple = recorded.get("tile", {}).get("multiple") or size_multiple(self._model)
         if self.settings.tile % multiple:
             raise ExportError(
                 f"tile {self.settings.tile} is not a multiple of {multiple}, "

@@ -129,7 +129,8 @@ def test_models_are_fully_convolutional(name: str) -> None:
         "mobilenet_unet": {"pretrained": False, "decoder_filters": (4, 4, 4, 4, 4)},
     }[name]
     model = build_model(name, **small)
-    multiple = size_multiple(name, small)
+    multiple = size_multiple(model)
+    assert multiple == {"simple_cnn": 1, "unet": 16, "resnet": 16, "mobilenet_unet": 32}[name]
     for size in (32, 48):
         side = size * max(1, multiple // 16)
         output = model(np.zeros((1, side, side + multiple, 1), np.float32))
@@ -365,3 +366,9 @@ def test_a_deeper_unet_records_and_gets_the_tile_multiple_it_needs(tmp_path: Pat
     assert manifest["tile"]["multiple"] == 32  # five poolings
     image, _ = synthetic_nuclei((40, 72), seed=5)  # padded to a multiple of 32, cut back
     assert load_segmenter(tmp_path / "run" / "model.keras").segment(image).shape == (40, 72)
+    bare = tmp_path / "bare.keras"  # without its manifest the export measures the multiple
+    bare.write_bytes((tmp_path / "run" / "model.keras").read_bytes())
+    from export.pipeline import Exporter, ExportError, ExportSettings
+
+    with pytest.raises(ExportError, match="tile 48 is not a multiple of 32"):
+        Exporter(bare, tmp_path / "export", ExportSettings(tile=48, overlap=8))

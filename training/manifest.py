@@ -62,7 +62,7 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
         tile={
             "size": TILE_SIZE,
             "overlap": TILE_OVERLAP,
-            "multiple": size_multiple(config.model, config.model_kwargs),
+            "multiple": size_multiple(model),
         },
         preprocess=preprocess_spec(config.stained_channel),
         postprocess=postprocess_settings(run_dir).to_dict(),

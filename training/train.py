@@ -177,7 +177,7 @@ def train_on_samples(
     labels = [s.labels for s in train_samples]
     diameter = nucleus_diameter_record(labels, training_source(config.data_copy))
     weights = _sampling_weights([image_kind(s.image) for s in train_samples])
-    tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, size_multiple(config.model, config.model_kwargs))
+    tiles = TileSettings(TILE_SIZE, TILE_OVERLAP, size_multiple(model))
     validation_manifest = {"preprocess": preprocess_spec(config.stained_channel)}
     epoch_grid = with_distance(EPOCH_GRID, config.output_channels)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
-from training.models.mobilenet_unet import DOWNSAMPLING as MOBILENET_DOWNSAMPLING
 from training.models.mobilenet_unet import build_mobilenet_unet
 from training.models.resnet import build_resnet
 from training.models.simple_cnn import build_simple_cnn
@@ -26,15 +26,22 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def size_multiple(name: str, model_kwargs: dict) -> int:
-    """What input H and W must be multiples of: the model's total downsampling."""
-    if name == "unet":
-        return 2 ** model_kwargs.get("depth", 4)
-    if name == "resnet":
-        return 2 ** (len(model_kwargs.get("widths", (16, 32, 64, 128, 256))) - 1)
-    if name == "mobilenet_unet":
-        return MOBILENET_DOWNSAMPLING
-    return 1
+def size_multiple(model: keras.Model, largest: int = 128) -> int:
+    """What input H and W must be multiples of: the model's total downsampling, found by
+    running it, so no architecture has to declare it. A side of 3p passes every layer only
+    when p is a multiple of it (a deeper level would floor 1.5 to 1 and its skip connection
+    would not line up)."""
+    failure: Exception | None = None
+    multiple = 1
+    while multiple <= largest:
+        side = 3 * multiple
+        try:
+            model(np.zeros((1, side, side, model.input_shape[-1]), np.float32), training=False)
+        except Exception as error:  # TensorFlow and Keras raise several kinds for a bad shape
+            failure, multiple = error, multiple * 2
+            continue
+        return multiple
+    raise ValueError(f"{model.name} runs on no input side up to {3 * largest} px: {failure}")
 
 
 def pretrained_weights(name: str, model_kwargs: dict) -> str | None:

@@ -32,7 +32,6 @@ STAGES = (
 SKIP_BLOCKS = (1, 3, 6, 13)
 #: ImageNet's per-channel statistics averaged over RGB: what a gray image is normalised by.
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
-DOWNSAMPLING = 32
 
 
 def build_mobilenet_unet(
