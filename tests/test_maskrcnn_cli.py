@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -28,15 +29,19 @@ from training.maskrcnn.manifest import model_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run(dsb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run(dsb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2-step run: checkpoints at steps 1 and 2, validation and the best model at step 2.
-    Deterministic ops, so a resumed step can be compared with this one (multi-threaded
-    reductions otherwise round differently, and Adam turns that into up to a step's size
-    for weights whose gradient is near zero)."""
+    Deterministic ops in this module, so a resumed step can be compared with this one
+    (multi-threaded reductions otherwise round differently, and Adam turns that into up to a
+    step's size for weights whose gradient is near zero); off again for the other tests."""
     import tensorflow as tf
+    from tensorflow.python.framework import config  # the switch back is not public API
 
     tf.config.experimental.enable_op_determinism()
-    return train_tiny(dsb, tmp_path_factory.mktemp("maskrcnn"))
+    try:
+        yield train_tiny(dsb, tmp_path_factory.mktemp("maskrcnn"))
+    finally:
+        config.disable_op_determinism()
 
 
 def test_run_validates_and_ships_the_best_model(run: Path) -> None:
