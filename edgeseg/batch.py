@@ -46,7 +46,7 @@ from edgeseg.imageio import (
 from edgeseg.measure import measure_nuclei, write_nuclei_csv
 from edgeseg.overlay import draw_overlay, write_overlay
 from edgeseg.preprocess import preprocessing, to_gray
-from edgeseg.rescale import Diameter, diameter_text, median_diameter, recorded_diameter
+from edgeseg.rescale import Diameter, diameter_of_areas, diameter_text, recorded_diameter
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
@@ -779,8 +779,9 @@ def _write_outputs(
         marker.unlink(missing_ok=True)  # until the new marker exists, nothing here is trusted
     for path in stale:
         path.unlink(missing_ok=True)
-    mean_area = float(np.mean([row["area"] for row in rows])) if rows else None
-    diameter = median_diameter(labels)
+    areas = [row["area"] for row in rows]  # measured once, for the table and the marker
+    mean_area = float(np.mean(areas)) if areas else None
+    diameter = diameter_of_areas(areas)
     record = {
         "source": str(located(job.source)),
         "source_stamp": work.stamp,

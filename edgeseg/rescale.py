@@ -17,7 +17,7 @@ costs more boundary detail than it gains. Smaller nuclei are never enlarged auto
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import cv2
@@ -102,8 +102,12 @@ def diameter_text(diameter: Diameter) -> str:
 def median_diameter(labels: np.ndarray) -> float | None:
     """Median equivalent diameter 2*sqrt(area/pi) of the instances in ``labels``, or None."""
     areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(2 * np.sqrt(np.median(areas) / np.pi)) if areas.size else None
+    return diameter_of_areas(areas[areas > 0])
+
+
+def diameter_of_areas(areas: Sequence[float] | np.ndarray) -> float | None:
+    """Median equivalent diameter of instances of these pixel areas, or None for none."""
+    return float(2 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else None
 
 
 def rescales(scale: float) -> bool:
