@@ -7,7 +7,8 @@ Built for unattended runs on a clinic workstation:
 * a crash or power cut at any moment never leaves a result a re-run would trust: every file
   is written atomically and a per-image done-marker (``OUT/.edgeseg-done/<stem>.json``) is
   written last, so a re-run skips exactly the images whose marker and outputs all exist and
-  were made with the same model and settings (page, channel, nucleus diameter);
+  were made with the same model (thresholds and tiling included) and settings (page,
+  channel, nucleus diameter), and a file keeps its outputs' name from run to run;
 * reading, inference and post-processing + writing overlap in threads joined by small
   bounded queues, so memory stays a few images (two more per extra inference worker)
   whatever the batch size; post-processing (probabilities -> instances) runs on the writer
@@ -256,18 +257,23 @@ def recorded_stems(output: Path) -> dict[str, str]:
     return stems
 
 
-def named_as_before(jobs: Sequence[ImageJob], output: Path) -> list[ImageJob]:
+def named_as_before(
+    jobs: Sequence[ImageJob], output: Path, recorded: Mapping[str, str] | None = None
+) -> list[ImageJob]:
     """``jobs`` with the names their files' outputs already have in ``output``; a file new
     there whose name another file's results hold gets its folder's name in front
     (``plate2__A01``), then a number, so an earlier run's results are never replaced by a
-    different image's."""
-    recorded = recorded_stems(output)
+    different image's. ``recorded``: `recorded_stems` of ``output`` when already read.
+
+    Markers written before sources were recorded ``located`` (a link by its own path) name
+    the link's target: such a link is done again under a new name, never given its
+    target's results (two links to one file would otherwise share a name).
+    """
+    recorded = recorded_stems(output) if recorded is None else recorded
     taken = {stem.casefold() for stem in recorded.values()}
     named = []
     for job in jobs:
-        stem = recorded.get(source_key(job.source)) or recorded.get(  # older markers: resolved
-            os.path.normcase(str(job.source.resolve()))
-        )
+        stem = recorded.get(source_key(job.source))
         if stem is None:
             with_folder = f"{located(job.source).parent.name}__{job.stem}"
             stem = next(
@@ -427,18 +433,22 @@ def output_lock(output: Path) -> Iterator[None]:
 
 
 def plan_batch(
-    jobs: Sequence[ImageJob], settings: BatchSettings, manifest: Mapping[str, Any]
+    jobs: Sequence[ImageJob],
+    settings: BatchSettings,
+    manifest: Mapping[str, Any],
+    recorded: Mapping[str, str] | None = None,
 ) -> BatchPlan:
     """Split jobs into already complete (skipped) and to do; refuse to mix in foreign results.
 
-    Jobs first take the names their files' outputs already have (`named_as_before`), so
-    another file's results are never touched. An image is complete when its done-marker
-    says it was made with the same model, page, channel and diameter, and every output this
-    run asks for exists. Results made with other settings are never reused nor silently
+    Jobs first take the names their files' outputs already have (`named_as_before`, which
+    ``recorded`` spares re-reading the markers), so another file's results are never
+    touched. An image is complete when its done-marker says it was made with the same model
+    (and its thresholds and tiling), page, channel and diameter, and every output this run
+    asks for exists. Results made with other settings are never reused nor silently
     replaced. A file changed since its results were made (size or modification time:
     microscopes re-export under the same name) is done again.
     """
-    jobs = named_as_before(jobs, settings.output)
+    jobs = named_as_before(jobs, settings.output, recorded)
     if settings.overwrite:
         return BatchPlan(jobs, [])
     fingerprint = settings.fingerprint(manifest)
@@ -502,6 +512,9 @@ def _changed_since(marker: Mapping[str, Any], job: ImageJob) -> bool:
 def _same_settings(recorded: Any, fingerprint: Mapping[str, Any]) -> bool:
     if not isinstance(recorded, dict):
         return False
+    own_tile = (fingerprint.get("model_tile") or {}).get("size")
+    if recorded.get("tile") == own_tile:  # older markers recorded --tile at the model's size
+        recorded = {key: value for key, value in recorded.items() if key != "tile"}
     added = MANIFEST_SETTINGS.values()
     older = {key: value for key, value in fingerprint.items() if key not in added}
     return recorded == fingerprint or (

@@ -109,11 +109,11 @@ class FolderWatcher:
         here = {source_key(job.source) for job in present}
         for source in sorted(self._stems.keys() - here):  # images no longer here
             try:
-                plan = plan_batch([self._job(Path(source))], self.settings, self.segmenter.manifest)
+                plan = self._plan([self._job(Path(source))])
             except BatchError:
                 continue  # made with other settings and not ours to judge: left alone
             self._record(plan.skipped)
-        plan = plan_batch(present, self.settings, self.segmenter.manifest)
+        plan = self._plan(present)
         self._record(plan.skipped)
         now = time.monotonic()
         for job in plan.todo:
@@ -122,6 +122,10 @@ class FolderWatcher:
                 self._tracked[source_key(job.source)] = _Tracked(job, signature, now)
         jobs = [result.job for result in self.results]
         write_summary(self.settings, self.results, earlier_rows(self.settings, jobs))
+
+    def _plan(self, jobs: list[ImageJob]) -> BatchPlan:
+        """plan_batch with the names already read: markers are read once, not per image."""
+        return plan_batch(jobs, self.settings, self.segmenter.manifest, self._stems)
 
     def _skip_unlistable(self, error: OSError) -> None:
         """Watching goes on past a folder it cannot list (another user's, being set up),

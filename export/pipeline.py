@@ -324,7 +324,10 @@ class Exporter(BaseExporter):
 
         recorded = read_manifest(self.source) if manifest_path(self.source).is_file() else {}
         # as training recorded it, else measured (a .keras without its manifest)
-        multiple = recorded.get("tile", {}).get("multiple") or size_multiple(self._model)
+        try:
+            multiple = recorded.get("tile", {}).get("multiple") or size_multiple(self._model)
+        except ValueError as error:  # e.g. a fixed input size, or output of another size
+            raise ExportError(f"{self.source}: not fully convolutional ({error})") from error
         if self.settings.tile % multiple:
             raise ExportError(
                 f"tile {self.settings.tile} is not a multiple of {multiple}, "

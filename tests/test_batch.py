@@ -228,6 +228,9 @@ def test_thresholds_tuned_again_are_other_settings_but_older_markers_resume(
     assert [r.job.stem for r in plan_batch(jobs[:1], settings, retuned).skipped] == ["img00"]
     own_tile = BatchSettings(output=tmp_path / "out", tile=256)  # the model's: no change
     assert len(plan_batch(jobs, own_tile, tuned).skipped) == 2
+    record["settings"]["tile"] = 256  # older markers recorded --tile at the model's size
+    marker.write_text(json.dumps(record))
+    assert [r.job.stem for r in plan_batch(jobs[:1], own_tile, retuned).skipped] == ["img00"]
 
 
 def test_a_file_replaced_under_its_name_is_done_again(tmp_path: Path) -> None:
@@ -291,6 +294,20 @@ def test_symbolic_links_are_files_of_their_own(tmp_path: Path) -> None:
     (plate / "A02_control.png").unlink()
     (plate / "A02_control.png").symlink_to(store[1])
     assert [job.stem for job in plan_batch(jobs, settings, MANIFEST).todo] == ["A02_control"]
+
+
+def test_a_link_added_beside_its_target_gets_a_name_of_its_own(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "in", 1)
+    settings = BatchSettings(output=tmp_path / "out")
+    run_batch(
+        ThresholdSegmenter(),
+        plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST),
+        settings,
+    )
+    (tmp_path / "in" / "B01.png").symlink_to(paths[0])
+    plan = plan_batch(discover_images([tmp_path / "in"]), settings, MANIFEST)
+    assert [job.stem for job in plan.todo] == ["B01"]
+    assert [r.job.stem for r in plan.skipped] == ["img00"]
 
 
 def test_linked_folders_are_searched_once_and_cannot_loop(tmp_path: Path) -> None:

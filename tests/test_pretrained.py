@@ -44,14 +44,27 @@ def test_changed_encoder_weights_are_refused(tmp_path: Path, monkeypatch) -> Non
     arrays["features.0.0.weight"] = arrays["features.0.0.weight"] * 1.01
     np.savez(changed, **arrays)
     monkeypatch.setattr(pretrained, "MOBILENET_V2_FILE", changed)
-    with pytest.raises(ValueError, match="weights.npz: sha256"):
+    with pytest.raises(pretrained.PretrainedWeightsError, match="weights.npz: sha256"):
         pretrained.mobilenet_v2_weights()
+    from click.testing import CliRunner
+
+    from edgeseg.cli import main
+
+    arguments = ["train", "--model", "mobilenet_unet", "--data", str(tmp_path)]
+    result = CliRunner().invoke(main, [*arguments, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "weights.npz: sha256" in result.output  # before the data
 
 
-def _legacy_pth(path: Path, tree: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Write ``tree`` as torch.save did before PyTorch 1.6 (magic, protocol, sys info, tree,
-    storage keys, storages), with one float storage "0" of 6 values; stand-ins for torch's
-    classes are importable while it writes, as pickle needs."""
+def _legacy_pth(
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replace: dict[int, object] | None = None,
+    shape: tuple[tuple[int, ...], tuple[int, ...]] = ((2, 2), (2, 1)),
+) -> None:
+    """Write a state_dict {"w": tensor of ``shape`` (size, strides) at offset 2 of one float
+    storage "0" of 6 values} as torch.save did before PyTorch 1.6: magic, protocol, system
+    info, the tree, the storage keys, the storages. ``replace`` swaps pickle i (0-4) for
+    another object. Stand-ins for torch's classes are importable while it writes."""
     torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
 
     class FloatStorage:
@@ -70,17 +83,18 @@ def _legacy_pth(path: Path, tree: object, monkeypatch: pytest.MonkeyPatch) -> No
     class Tensor:
         def __reduce__(self):
             storage = ("storage", FloatStorage, "0", "cpu", 6, None)
-            return (_rebuild_tensor_v2, (storage, 2, (2, 2), (2, 1)))
+            return (_rebuild_tensor_v2, (storage, 2, *shape))
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
             return obj if isinstance(obj, tuple) and obj[:1] == ("storage",) else None
 
+    pickles = [0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}, {"w": Tensor()}, ["0"]]
+    for index, value in (replace or {}).items():
+        pickles[index] = value
     with open(path, "wb") as file:
-        for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
-            pickle.dump(header, file, protocol=2)
-        Pickler(file, protocol=2).dump(tree if tree is not None else {"w": Tensor()})
-        pickle.dump(["0"], file, protocol=2)
+        for value in pickles:
+            Pickler(file, protocol=2).dump(value)
         file.write(np.int64(6).tobytes() + np.arange(6, dtype=np.float32).tobytes())
 
 
@@ -88,12 +102,17 @@ def test_a_legacy_pth_is_read_as_arrays_with_its_strides(tmp_path: Path, monkeyp
     from training.pretrained.convert_mobilenet_v2 import read_legacy_state_dict
 
     path = tmp_path / "tiny.pth"
-    _legacy_pth(path, None, monkeypatch)
+    _legacy_pth(path, monkeypatch)
     arrays = read_legacy_state_dict(path)
     np.testing.assert_array_equal(arrays["w"], [[2.0, 3.0], [4.0, 5.0]])  # offset 2
+    _legacy_pth(path, monkeypatch, shape=((2, 2), (1, 2)))  # column-major: a transposed view
+    np.testing.assert_array_equal(read_legacy_state_dict(path)["w"], [[2.0, 4.0], [3.0, 5.0]])
 
 
-def test_a_pth_that_names_other_code_is_refused(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("slot", range(5))
+def test_a_pth_that_names_other_code_anywhere_is_refused(
+    tmp_path: Path, monkeypatch, slot: int
+) -> None:
     from training.pretrained.convert_mobilenet_v2 import read_legacy_state_dict
 
     class Payload:
@@ -103,7 +122,16 @@ def test_a_pth_that_names_other_code_is_refused(tmp_path: Path, monkeypatch) -> 
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     path = tmp_path / "evil.pth"
-    _legacy_pth(path, {"w": Payload()}, monkeypatch)
+    _legacy_pth(path, monkeypatch, replace={slot: {"w": Payload()} if slot == 3 else Payload()})
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         read_legacy_state_dict(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from training.pretrained.convert_mobilenet_v2 import read_legacy_state_dict
+
+    path = tmp_path / "long.pth"
+    _legacy_pth(path, monkeypatch, shape=((4, 4), (4, 1)))  # 16 values from offset 2 of 6
+    with pytest.raises(pickle.UnpicklingError, match="leave its storage"):
+        read_legacy_state_dict(path)

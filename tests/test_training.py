@@ -138,6 +138,17 @@ def test_models_are_fully_convolutional(name: str) -> None:
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
 
 
+def test_size_multiple_refuses_a_model_whose_output_is_another_size() -> None:
+    import keras
+
+    from training.models import size_multiple
+
+    inputs = keras.Input((None, None, 1))
+    strided = keras.Model(inputs, keras.layers.Conv2D(2, 3, strides=2, padding="same")(inputs))
+    with pytest.raises(ValueError, match="maps 3x3 px to"):
+        size_multiple(strided)
+
+
 def test_training_runs_checkpoints_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -164,7 +164,7 @@ def render_card(run_dir: Path) -> str:
 
     from training.complexity import conv_flops
     from training.manifest import TILE_SIZE
-    from training.models import pretrained_weights
+    from training.pretrained import pretrained_weights
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())

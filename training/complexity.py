@@ -18,8 +18,8 @@ def conv_flops(model, tile: int) -> int:
             _, height, width, _ = layer.input.shape  # each input pixel scatters one kernel
             kernel_h, kernel_w, filters, channels = layer.kernel.shape
         elif isinstance(layer, keras.layers.DepthwiseConv2D):  # one kernel per channel
-            _, height, width, channels = layer.output.shape
-            kernel_h, kernel_w, _, filters = layer.kernel.shape  # filters: depth multiplier
+            _, height, width, _ = layer.output.shape
+            kernel_h, kernel_w, channels, filters = layer.kernel.shape  # filters: multiplier
         elif isinstance(layer, keras.layers.Conv2D):
             _, height, width, _ = layer.output.shape
             kernel_h, kernel_w, channels, filters = layer.kernel.shape

@@ -36,7 +36,8 @@ def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None 
     import keras
 
     from training.complexity import conv_flops
-    from training.models import pretrained_weights, size_multiple
+    from training.models import size_multiple
+    from training.pretrained import pretrained_weights
 
     config = TrainConfig.from_file(run_dir / "config.json")
     state = json.loads((run_dir / "state.json").read_text())

@@ -28,6 +28,7 @@ from training.config import TrainConfig
 from training.data_loading import load_train_validation
 from training.manifest import write_model_manifest
 from training.nucleus_size import nucleus_diameter_record, training_source
+from training.pretrained import check_pretrained
 from training.selection import (
     EPOCH_GRID,
     best_result,
@@ -127,8 +128,9 @@ def train(
     """Train (or resume) on DSB2018 stage1 with the fixed split; returns the final state."""
     if resume and (run_dir / "config.json").is_file():
         config = TrainConfig.from_file(run_dir / "config.json")
-    elif not resume:
-        refuse_existing_run(run_dir)  # before minutes of loading data
+    elif not resume:  # before minutes of loading data
+        refuse_existing_run(run_dir)
+        check_pretrained(config.model, config.model_kwargs)
     train_samples, validation = load_train_validation(data_root, config.data_copy, cache_dir)
     return train_on_samples(config, train_samples, validation, run_dir, resume, verbose)
 

@@ -124,8 +124,8 @@ def segment(
     Inputs: PNG, JPEG, BMP, TIFF (8/16-bit, float, multi-page, OME-TIFF, ImageJ).
     RGB(A) images are used as colour; in other multichannel images pick the nuclear
     channel with --channel N, and a plane of a multi-page TIFF or stack with --page N.
-    Folders are searched skipping hidden names, edgeseg's own outputs, and the masks/
-    beside images/ of the Kaggle (DSB2018) layout.
+    Folders are searched (following links to folders) skipping hidden names, edgeseg's own
+    outputs, and the masks/ beside images/ of the Kaggle (DSB2018) layout.
 
     \b
     Outputs in OUT, for an input image X.png:
@@ -140,14 +140,17 @@ def segment(
     Names: outputs are named after the image's file name. When several inputs share one
     (a/X.png and b/X.tif), each is named after its path below the inputs' common folder,
     folders joined by "__": a__X, b__X (then the extension is added if still needed).
+    A file keeps its outputs' name in later runs, and a file new to OUT whose name another
+    file's results hold is named after its folder too (b__X, then numbered): results of
+    one image are never replaced by another's.
 
     \b
     Resume: run the same command again after an interruption or a crash: images whose
     outputs are complete are skipped (summary.csv says "skipped"), the others are done,
     and so is an image whose file has changed since (same name, new size or time).
-    Results of another model, --channel, --page, --diameter, --tile or --tta are never
-    replaced without --overwrite: OUT holding them is refused. Bookkeeping lives in
-    OUT/.edgeseg-done/.
+    Results of another model (or of its thresholds or tiling, re-tuned in its manifest),
+    --channel, --page, --diameter, --tile or --tta are never replaced without --overwrite:
+    OUT holding them is refused. Bookkeeping lives in OUT/.edgeseg-done/.
 
     \b
     A file that cannot be read fails alone: named on stderr and in summary.csv, and the

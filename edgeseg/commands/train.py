@@ -133,6 +133,7 @@ def _train_semantic(
 ) -> dict:
     try:
         from training.config import TrainConfig
+        from training.pretrained import PretrainedWeightsError
         from training.train import train as run_training
     except ImportError as error:
         raise _missing_train_extra(error) from error
@@ -141,7 +142,10 @@ def _train_semantic(
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("data_copy", data_copy)):
         if value is not None:
             setattr(config, name, value)
-    return run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
+    try:
+        return run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
+    except PretrainedWeightsError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _read_config(config_class: Any, path: Path | None) -> Any:

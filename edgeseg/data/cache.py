@@ -51,7 +51,7 @@ def load_dataset(
     else:
         key = content_hash(root, refs)[:16]
         cache_path = Path(cache_dir) / f"{root.name}-{key}.npz"
-        samples = _read_cache(cache_path) if cache_path.is_file() else None
+        samples = _read_cache(cache_path)
         if samples is None:
             samples = [load_sample(ref) for ref in refs]
             _write_cache(cache_path, samples)
@@ -92,6 +92,10 @@ def _read_cache(path: Path) -> list[Sample] | None:
                 name.split("/", 1)[1] for name in archive.files if name.startswith("image/")
             )
             return [Sample(i, archive[f"image/{i}"], archive[f"labels/{i}"]) for i in ids]
+    except FileNotFoundError:  # not made yet
+        return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        warnings.warn(f"{path}: damaged decode cache ({error}); rebuilding it", stacklevel=3)
+        warnings.warn(
+            f"{path}: unreadable or damaged decode cache ({error}); rebuilding it", stacklevel=3
+        )
         return None

@@ -36,19 +36,14 @@ def size_multiple(model: keras.Model, largest: int = 128) -> int:
     while multiple <= largest:
         side = 3 * multiple
         try:
-            model(np.zeros((1, side, side, model.input_shape[-1]), np.float32), training=False)
+            output = model(np.zeros((1, side, side, model.input_shape[-1]), np.float32))
         except Exception as error:  # TensorFlow and Keras raise several kinds for a bad shape
             failure, multiple = error, multiple * 2
             continue
+        if tuple(output.shape[1:3]) != (side, side):
+            raise ValueError(f"{model.name} maps {side}x{side} px to {output.shape[1:3]}")
         return multiple
     raise ValueError(f"{model.name} runs on no input side up to {3 * largest} px: {failure}")
-
-
-def pretrained_weights(name: str, model_kwargs: dict) -> str | None:
-    """Where a model's starting weights came from, if not random: cards and manifests say so."""
-    if name == "mobilenet_unet" and model_kwargs.get("pretrained", True):
-        return "encoder: torchvision's ImageNet MobileNetV2 (training/pretrained/PROVENANCE.md)"
-    return None
 
 
 def build_model(name: str, **kwargs) -> keras.Model:

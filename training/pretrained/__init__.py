@@ -19,17 +19,34 @@ MOBILENET_V2_FILE = Path(__file__).with_name("mobilenet_v2_imagenet.npz")
 MOBILENET_V2_SHA256 = "9f2632165b24ca6c56034cbb4b6d190dd3807be21f23ecc6ae9557884d67ba19"
 
 
+def pretrained_weights(name: str, model_kwargs: dict) -> str | None:
+    """Where a model's starting weights came from, if not random: cards and manifests say so."""
+    if name == "mobilenet_unet" and model_kwargs.get("pretrained", True):
+        return "encoder: torchvision's ImageNet MobileNetV2 (training/pretrained/PROVENANCE.md)"
+    return None
+
+
+def check_pretrained(name: str, model_kwargs: dict) -> None:
+    """Refuse missing or changed starting weights before a run loads its data (minutes)."""
+    if pretrained_weights(name, model_kwargs):
+        mobilenet_v2_weights()
+
+
+class PretrainedWeightsError(ValueError):
+    """The pretrained weights a model starts from are missing or not the recorded ones."""
+
+
 def mobilenet_v2_weights() -> dict[str, np.ndarray]:
     """torchvision's MobileNetV2 ImageNet state_dict (features only), keyed by its names."""
     if not MOBILENET_V2_FILE.is_file():  # 9 MB the runtime wheel does not carry
-        raise FileNotFoundError(
+        raise PretrainedWeightsError(
             f"{MOBILENET_V2_FILE}: the ImageNet weights live in the repository, not in the "
             "installed package; train from a checkout (pip install -e '.[train]') or redo "
             "the conversion (training/pretrained/PROVENANCE.md)"
         )
     digest = hashlib.sha256(MOBILENET_V2_FILE.read_bytes()).hexdigest()
     if digest != MOBILENET_V2_SHA256:
-        raise ValueError(
+        raise PretrainedWeightsError(
             f"{MOBILENET_V2_FILE}: sha256 {digest} is not the converted ImageNet weights' "
             f"({MOBILENET_V2_SHA256}); redo it as training/pretrained/PROVENANCE.md says"
         )

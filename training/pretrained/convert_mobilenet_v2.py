@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.pretrained import MOBILENET_V2_FILE
+from edgeseg.atomic import atomic_path
+from training.pretrained import MOBILENET_V2_FILE, MOBILENET_V2_SHA256
 
 #: torchvision's mobilenet_v2-b0353104.pth (ImageNet-1k, top-1 71.9 %).
 SOURCE_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -38,7 +39,19 @@ def _rebuild_tensor(storage_key, offset, size, stride, *_rest):
     return ("tensor", storage_key, offset, tuple(size), tuple(stride))
 
 
-class _TensorsOnly(pickle.Unpickler):
+class _Plain(pickle.Unpickler):
+    """Numbers, strings, lists and dicts only: every class and persistent id is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: not a plain tensor file")
+
+    def persistent_load(self, persistent_id):
+        raise pickle.UnpicklingError("refusing a persistent id outside the tensor tree")
+
+
+class _TensorsOnly(_Plain):
+    """Also tensors (as placeholders naming their storage) and ordered dicts."""
+
     def __init__(self, file, storages: dict[str, np.dtype]) -> None:
         super().__init__(file)
         self.storages = storages
@@ -50,12 +63,16 @@ class _TensorsOnly(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch" and name in STORAGE_DTYPES:
             return _Storage(name)
-        raise pickle.UnpicklingError(f"refusing {module}.{name}: not a plain tensor file")
+        return super().find_class(module, name)
 
     def persistent_load(self, persistent_id):
-        _, storage, key, *_ = persistent_id  # ("storage", type, key, location, size, ...)
-        self.storages[key] = storage.dtype
-        return key
+        # ("storage", type, key, location, size, view_metadata): views are not plain tensors
+        if len(persistent_id) != 6 or not isinstance(persistent_id[1], _Storage):
+            raise pickle.UnpicklingError(f"refusing persistent id {persistent_id!r}")
+        if persistent_id[5] is not None:
+            raise pickle.UnpicklingError("refusing a storage view")
+        self.storages[persistent_id[2]] = persistent_id[1].dtype
+        return persistent_id[2]
 
 
 def read_legacy_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -63,22 +80,35 @@ def read_legacy_state_dict(path: Path) -> dict[str, np.ndarray]:
     storages: dict[str, np.dtype] = {}
     with open(path, "rb") as file:
         for _ in range(3):  # magic number, protocol version, system info
-            pickle.Unpickler(file).load()
+            _Plain(file).load()
         tree = _TensorsOnly(file, storages).load()
-        keys = pickle.Unpickler(file).load()
+        keys = _Plain(file).load()
         buffers = {}
         for key in keys:
             (count,) = struct.unpack("<q", file.read(8))
             dtype = np.dtype(storages[key])
             buffers[key] = np.frombuffer(file.read(count * dtype.itemsize), dtype=dtype)
-    arrays = {}
-    for name, (_, key, offset, size, stride) in tree.items():
-        itemsize = buffers[key].itemsize
-        view = np.lib.stride_tricks.as_strided(
-            buffers[key][offset:], size, [step * itemsize for step in stride]
-        )
-        arrays[name] = np.array(view)
-    return arrays
+    return {name: _tensor(name, value, buffers) for name, value in tree.items()}
+
+
+def _tensor(name: str, value: object, buffers: dict[str, np.ndarray]) -> np.ndarray:
+    """The array a tensor placeholder describes, its size and strides checked to lie inside
+    its storage (as_strided would read any memory it is pointed at)."""
+    if not (isinstance(value, tuple) and len(value) == 5 and value[0] == "tensor"):
+        raise pickle.UnpicklingError(f"{name}: not a tensor")
+    _, key, offset, size, stride = value
+    buffer = buffers[key]
+    last = offset + sum((count - 1) * step for count, step in zip(size, stride, strict=True))
+    if (
+        offset < 0
+        or min((*size, *stride), default=0) < 0
+        or (min(size, default=1) and last >= buffer.size)
+    ):
+        raise pickle.UnpicklingError(f"{name}: size {size} and strides {stride} leave its storage")
+    view = np.lib.stride_tricks.as_strided(
+        buffer[offset:], size, [step * buffer.itemsize for step in stride]
+    )
+    return np.array(view)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,8 +124,15 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in state.items()
         if name.startswith("features.") and not name.endswith("num_batches_tracked")
     }
-    np.savez(MOBILENET_V2_FILE, **features)
-    written = hashlib.sha256(MOBILENET_V2_FILE.read_bytes()).hexdigest()
+    with atomic_path(MOBILENET_V2_FILE) as temporary:  # replaces the file only if the same
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **features)
+        written = hashlib.sha256(temporary.read_bytes()).hexdigest()
+        if written != MOBILENET_V2_SHA256:
+            raise SystemExit(
+                f"the conversion gives sha256 {written}, not the recorded {MOBILENET_V2_SHA256}; "
+                f"{MOBILENET_V2_FILE} is left as it was"
+            )
     print(f"{MOBILENET_V2_FILE}: {len(features)} arrays, sha256 {written}")
 
 
