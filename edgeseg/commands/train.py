@@ -1,6 +1,6 @@
 """`edgeseg train`: full-precision Keras training (needs the `train` extra).
 
-The semantic models (simple_cnn, unet, resnet) train by epochs (training/train.py), Mask
+The semantic models (simple_cnn, unet, resnet, mobilenet_unet) train by epochs (training/train.py), Mask
 R-CNN by steps (training/maskrcnn/train.py); both on the same data and validation split.
 """
 
@@ -78,7 +78,8 @@ def train(
     same pipeline as `edgeseg segment`, the best one is kept, and checkpoints let an
     interrupted run continue with --resume. Uses an NVIDIA GPU when TensorFlow sees one.
 
-    simple_cnn, unet, resnet: validated after every epoch; the best model is OUT/model.keras.
+    simple_cnn, unet, resnet, mobilenet_unet: validated after every epoch; the best model is
+    OUT/model.keras. mobilenet_unet starts from ImageNet weights (training/pretrained/).
 
     maskrcnn: trains for --steps steps (default 12000), checkpoints every 250 and validates
     every 1000 (config fields checkpoint_every, validate_every); the best model is
