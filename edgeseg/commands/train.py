@@ -1,12 +1,15 @@
 """`edgeseg train`: full-precision Keras training (needs the `train` extra).
 
-The semantic models (simple_cnn, unet, resnet, mobilenet_unet) train by epochs (training/train.py), Mask
-R-CNN by steps (training/maskrcnn/train.py); both on the same data and validation split.
+The semantic models (simple_cnn, unet, resnet, mobilenet_unet) train by epochs
+(training/train.py), Mask R-CNN by steps (training/maskrcnn/train.py); both on the same data
+and validation split.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,42 +102,14 @@ def train(
             err=True,
         )
     from edgeseg.data.cache import DEFAULT_CACHE_DIR
-    from edgeseg.data.dataset import DatasetError
 
     cache_dir = cache_dir or DEFAULT_CACHE_DIR
-    try:
-        if model_name == "maskrcnn":
+    if model_name == "maskrcnn":
+        with _one_line_errors():
             _train_maskrcnn(data_root, run_dir, config_file, steps, data_copy, resume, cache_dir)
-            return
-        state = _train_semantic(
-            model_name, data_root, run_dir, config_file, epochs, steps, data_copy, resume, cache_dir
-        )
-    except DatasetError as error:
-        raise click.ClickException(
-            f"{error} (--data is the DSB2018 folder holding stage1_train and stage1_train_fixed)"
-        ) from error
-    except FileExistsError as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(
-        f"epoch {state['epoch']}: best validation score {state['best_score']:.4f} "
-        f"at epoch {state['best_epoch']}; model in {run_dir / 'model.keras'}"
-    )
-
-
-def _train_semantic(
-    model_name: str,
-    data_root: Path,
-    run_dir: Path,
-    config_file: Path | None,
-    epochs: int | None,
-    steps: int | None,
-    data_copy: str | None,
-    resume: bool,
-    cache_dir: Path,
-) -> dict:
+        return
     try:
         from training.config import TrainConfig
-        from training.pretrained import PretrainedWeightsError
         from training.train import train as run_training
     except ImportError as error:
         raise _missing_train_extra(error) from error
@@ -143,9 +118,28 @@ def _train_semantic(
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("data_copy", data_copy)):
         if value is not None:
             setattr(config, name, value)
+    with _one_line_errors():
+        state = run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
+    click.echo(
+        f"epoch {state['epoch']}: best validation score {state['best_score']:.4f} "
+        f"at epoch {state['best_epoch']}; model in {run_dir / 'model.keras'}"
+    )
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A wrong --data or --out, or missing pretrained weights: one line, no traceback (each
+    is found before the data is read)."""
+    from edgeseg.data.dataset import DatasetError
+    from training.pretrained import PretrainedWeightsError
+
     try:
-        return run_training(config, data_root, run_dir, resume=resume, cache_dir=cache_dir)
-    except PretrainedWeightsError as error:
+        yield
+    except DatasetError as error:
+        raise click.ClickException(
+            f"{error} (--data is the DSB2018 folder holding stage1_train and stage1_train_fixed)"
+        ) from error
+    except (FileExistsError, PretrainedWeightsError) as error:
         raise click.ClickException(str(error)) from error
 
 
