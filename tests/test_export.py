@@ -346,3 +346,29 @@ def test_a_hematoxylin_model_is_calibrated_and_exported_as_trained(
         assert np.any(np.all(windows == tile, axis=(2, 3)))
     outcome = exporter.export(TARGETS["onnx-fp32"])
     assert preprocessing(read_manifest(outcome.artifacts[0].path)) == "hematoxylin"
+
+
+def test_a_mobilenet_encoder_converts_to_onnx_and_int8_tflite_builtins(tmp_path: Path) -> None:
+    """Depthwise convolutions, ReLU6 and explicit padding: ops every edge runtime has."""
+    import keras
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.onnx import write_onnx
+    from export.tflite import save_model, write_tflite
+    from training.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("mobilenet_unet", pretrained=False, decoder_filters=(4, 4, 4, 4, 4))
+    tiles = np.random.default_rng(0).random((4, 64, 64, 1), dtype=np.float32)
+    expected = np.asarray(model(tiles, training=False))
+    write_onnx(model, tmp_path / "m.onnx", 64)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: tiles})
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-4)
+    save_model(model, tmp_path / "saved", 64)
+    write_tflite(tmp_path / "saved", tmp_path / "m.tflite", "int8", [t[None] for t in tiles])
+    interpreter = Interpreter(str(tmp_path / "m.tflite"))
+    interpreter.allocate_tensors()
+    (detail,) = interpreter.get_output_details()
+    assert tuple(detail["shape"]) == (1, 64, 64, 2) and detail["dtype"] == np.int8
