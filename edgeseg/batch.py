@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import itertools
 import json
 import os
 import queue
@@ -276,13 +277,9 @@ def named_as_before(
         stem = recorded.get(source_key(job.source))
         if stem is None:
             with_folder = f"{located(job.source).parent.name}__{job.stem}"
-            stem = next(
-                (name for name in (job.stem, with_folder) if name.casefold() not in taken),
-                None,
-            )
-            number = 2
-            while stem is None or stem.casefold() in taken:
-                stem, number = f"{with_folder}_{number}", number + 1
+            numbered = (f"{with_folder}_{number}" for number in itertools.count(2))
+            candidates = itertools.chain((job.stem, with_folder), numbered)
+            stem = next(name for name in candidates if name.casefold() not in taken)
         taken.add(stem.casefold())
         named.append(replace(job, stem=stem))
     return named
