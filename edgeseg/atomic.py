@@ -69,6 +69,19 @@ def write_text(final: str | os.PathLike, text: str) -> Path:
     return Path(final)
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` (made if missing) could not take new files, or None: said before the
+    work, not after minutes of it. Checks the nearest folder that exists, where it would be
+    made."""
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f"{existing}, where it would be made, "
+        return f"{where}is not writable by this user"
+    return None
+
+
 def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> None:
     """Delete the temporary files a killed process left in ``folder``; ``older_than_s``
     spares those young enough to belong to a writer still at work."""

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path, remove_stale_temporaries
+from edgeseg.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
 from edgeseg.imageio import (
     DEFAULT_MAX_MEGAPIXELS,
     IMAGE_SUFFIXES,
@@ -277,12 +277,18 @@ def named_as_before(
         stem = recorded.get(source_key(job.source))
         if stem is None:
             with_folder = f"{located(job.source).parent.name}__{job.stem}"
-            numbered = (f"{with_folder}_{number}" for number in itertools.count(2))
-            candidates = itertools.chain((job.stem, with_folder), numbered)
-            stem = next(name for name in candidates if name.casefold() not in taken)
+            stem = free_name((job.stem, with_folder), taken)
         taken.add(stem.casefold())
         named.append(replace(job, stem=stem))
     return named
+
+
+def free_name(preferred: Sequence[str], taken: set[str]) -> str:
+    """The first of ``preferred`` that no output in ``taken`` (case-folded: Windows and macOS
+    folders) has, else the last numbered from 2."""
+    numbered = (f"{preferred[-1]}_{number}" for number in itertools.count(2))
+    candidates = itertools.chain(preferred, numbered)
+    return next(name for name in candidates if name.casefold() not in taken)
 
 
 def outputs_recorded(folder: Path) -> set[str]:
@@ -368,14 +374,10 @@ def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
 def _check_writable(output: Path) -> None:
     """Refuse, before any image is read, an output folder (or the folder it would be made in)
     that this user cannot write: every image would fail, one by one."""
-    existing = next(folder for folder in (output, *output.absolute().parents) if folder.exists())
-    if not existing.is_dir():
-        raise BatchError(f"output folder {output}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == output else f"{existing}, where it would be made, "
+    reason = unwritable_reason(output)
+    if reason is not None:
         raise BatchError(
-            f"output folder {output}: {where}is not writable by this user; "
-            "choose another -o or ask for write access"
+            f"output folder {output}: {reason}; choose another -o or ask for write access"
         )
     markers = output / DONE_DIR  # another user's earlier run may have made it theirs alone
     if markers.exists() and not markers.is_dir():

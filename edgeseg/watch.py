@@ -32,6 +32,7 @@ from edgeseg.batch import (
     ImageResult,
     check_output_folder,
     earlier_rows,
+    free_name,
     plan_batch,
     recorded_stems,
     run_batch,
@@ -147,13 +148,7 @@ class FolderWatcher:
         """The file's stem, else its path below the folder ("plate2__A01"), else numbered."""
         by_path = "__".join(path.relative_to(self.folder).with_suffix("").parts)
         by_suffix = f"{by_path}_{path.suffix.lstrip('.').lower()}"
-        for candidate in (stem_of(path), by_path, by_suffix):
-            if candidate.casefold() not in self._taken:
-                return candidate
-        number = 2
-        while f"{by_suffix}_{number}".casefold() in self._taken:
-            number += 1
-        return f"{by_suffix}_{number}"
+        return free_name((stem_of(path), by_path, by_suffix), self._taken)
 
     def _record(self, results: list[ImageResult]) -> None:
         for result in results:

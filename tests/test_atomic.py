@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.atomic import atomic_path, remove_stale_temporaries
+from edgeseg.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
 from edgeseg.manifest import manifest_path, write_manifest
 
 
@@ -72,3 +72,17 @@ def test_a_name_near_the_file_system_limit_is_still_written(tmp_path: Path) -> N
     with atomic_path(final) as temporary:
         temporary.write_text("x")
     assert final.read_text() == "x"
+
+
+def test_a_folder_is_judged_by_the_nearest_folder_that_exists(tmp_path: Path) -> None:
+    assert unwritable_reason(tmp_path / "new" / "deeper") is None
+    (tmp_path / "file").write_text("x")
+    assert (
+        unwritable_reason(tmp_path / "file" / "out")
+        == f"{tmp_path / 'file'} is a file, not a folder"
+    )
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        reason = unwritable_reason(locked / "out")
+        assert reason == f"{locked}, where it would be made, is not writable by this user"

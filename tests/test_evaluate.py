@@ -90,7 +90,7 @@ def test_a_json_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     blocked = tmp_path / "file" / "scores.json"  # refused before the scoring
     result = _run(pred, "--data", data, "--json", str(blocked), "--cache-dir", cache)
     assert result.exit_code == 2
-    assert f"cannot write {blocked}: {tmp_path / 'file'} is not a writable folder" in result.output
+    assert f"cannot write {blocked}: {tmp_path / 'file'} is a file, not a folder" in result.output
     result = _run(pred, "--data", data, "--json", "/proc/scores.json", "--cache-dir", cache)
     assert result.exit_code == 1  # the path the user gave, not the temporary file beside it
     assert result.output.splitlines()[-1] == "Error: /proc/scores.json: No such file or directory"

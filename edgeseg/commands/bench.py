@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from edgeseg.atomic import unwritable_reason
 from edgeseg.commands.options import THREADS, data_root_option, split_option
 
 
@@ -129,7 +129,9 @@ def bench(
         settings = settings.quick()
     if repeats is not None:
         settings = replace(settings, repeats=repeats)
-    _check_writable(out)  # before the run, not after minutes of it
+    reason = unwritable_reason(out)
+    if reason is not None:  # before the run, not after minutes of it
+        raise click.ClickException(f"{out}: cannot write the results there: {reason}")
     try:
         result = run_bench(settings, progress=lambda line: click.echo(line, err=True))
     except (BenchError, DatasetError, EvaluationError) as error:
@@ -140,13 +142,3 @@ def bench(
     if failed:  # a script running the benchmark must not take a broken model for a result
         names = ", ".join(f"{r['model']} {r['target']} ({r['artifact']})" for r in failed)
         raise click.ClickException(f"{len(failed)} of {len(result['records'])} failed: {names}")
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as error:
-        raise click.ClickException(
-            f"{out}: cannot write the results there ({error.strerror or error})"
-        ) from error

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgeseg.atomic import unwritable_reason
 from edgeseg.commands.options import data_root_option, split_option
 
 SUMMARY_ROWS = (
@@ -49,10 +50,9 @@ def json_destination(value: str | None) -> Path | None:
     if value.endswith(("/", os.sep)) or Path(value).is_dir():
         value = value.rstrip("/" + os.sep) + os.sep
         raise click.BadParameter(f"{value} names a folder; give a file, e.g. {value}scores.json")
-    path = Path(value).absolute()
-    folder = next(parent for parent in path.parents if parent.exists())
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"cannot write {value}: {folder} is not a writable folder")
+    reason = unwritable_reason(Path(value).absolute().parent)
+    if reason is not None:
+        raise click.BadParameter(f"cannot write {value}: {reason}")
     return Path(value)
 
 
