@@ -73,7 +73,12 @@ def unwritable_reason(folder: Path) -> str | None:
     """Why ``folder`` (made if missing) could not take new files, or None: said before the
     work, not after minutes of it. Checks the nearest folder that exists, where it would be
     made."""
-    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    chain = (folder, *folder.absolute().parents)
+    existing = next((path for path in chain if path.exists() or path.is_symlink()), None)
+    if existing is None:  # a disconnected drive or share
+        return f"{folder.absolute().anchor or folder} cannot be reached"
+    if not existing.exists():
+        return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -105,12 +106,13 @@ class BatchSettings:
             names["overlay"] = f"{stem}_overlay.png"
         return {kind: self.output / name for kind, name in names.items()}
 
-    def stale_outputs(self, stem: str) -> list[Path]:
-        """With --overwrite, the outputs of ``stem`` an earlier run left that this one does
-        not write (labels in the other format, an overlay not asked for now): they show the
-        results being replaced. Without it nothing is removed; `edgeseg eval` refuses two
-        label files for one image rather than guess."""
-        if not self.overwrite:
+    def stale_outputs(self, stem: str, outdated: bool = False) -> list[Path]:
+        """With --overwrite, or when the earlier results are ``outdated`` (made from an
+        earlier version of the file), the outputs of ``stem`` an earlier run left that this
+        one does not write (labels in the other format, an overlay not asked for now): they
+        show the results being replaced. Otherwise nothing is removed; `edgeseg eval`
+        refuses two label files for one image rather than guess."""
+        if not (self.overwrite or outdated):
             return []
         kept = self.outputs(stem).values()
         candidates = [self.output / name for name in _image_output_names(stem)]
@@ -285,10 +287,25 @@ def named_as_before(
 
 def free_name(preferred: Sequence[str], taken: set[str]) -> str:
     """The first of ``preferred`` that no output in ``taken`` (case-folded: Windows and macOS
-    folders) has, else the last numbered from 2."""
+    folders) has, else the last numbered from 2; each `fitted` to the file system."""
     numbered = (f"{preferred[-1]}_{number}" for number in itertools.count(2))
-    candidates = itertools.chain(preferred, numbered)
+    candidates = (fitted(name) for name in itertools.chain(preferred, numbered))
     return next(name for name in candidates if name.casefold() not in taken)
+
+
+#: Longest output stem, in bytes: its longest output name (``_overlay.png``, the marker's
+#: ``.json``) must stay under the 255 bytes file systems allow in one name.
+MAX_STEM_BYTES = 200
+
+
+def fitted(stem: str) -> str:
+    """``stem``, or when too long for an output name its start and a hash of the whole, so
+    that long names (deep folders joined by "__") neither fail every run nor meet."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    start = raw[: MAX_STEM_BYTES - 9].decode("utf-8", "ignore")  # a cut character dropped
+    return f"{start}~{hashlib.sha256(raw).hexdigest()[:8]}"
 
 
 def outputs_recorded(folder: Path) -> set[str]:
@@ -334,12 +351,8 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     used: set[str] = set()
     unique = []
     for stem in stems:
-        candidate, number = stem, 1
-        while candidate.casefold() in used:
-            number += 1
-            candidate = f"{stem}_{number}"
-        used.add(candidate.casefold())
-        unique.append(candidate)
+        unique.append(free_name((stem,), used))
+        used.add(unique[-1].casefold())
     return unique
 
 
@@ -460,7 +473,7 @@ def plan_batch(
             clashes.append((job, marker))
         elif _changed_since(marker, job):
             todo.append(job)
-        elif all(path.is_file() for path in settings.outputs(job.stem).values()):
+        elif _complete(marker, settings.outputs(job.stem).values()):
             skipped.append(
                 ImageResult(
                     job,
@@ -481,6 +494,15 @@ def plan_batch(
             "choose another output folder."
         )
     return BatchPlan(todo, skipped)
+
+
+def _complete(marker: Mapping[str, Any], outputs: Iterable[Path]) -> bool:
+    """Whether every output asked for exists and was made with the marker's results: an
+    overlay left from before the file changed is not this version's."""
+    listed = marker.get("outputs")
+    return all(
+        path.is_file() and (not isinstance(listed, list) or path.name in listed) for path in outputs
+    )
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -774,12 +796,14 @@ def _write_outputs(
     check_label_range(labels)
     rows = measure_nuclei(labels, to_gray(image))
     paths = settings.outputs(job.stem)
-    stale = settings.stale_outputs(job.stem)
+    marker = settings.marker(job.stem)
+    earlier = read_marker(marker)
+    outdated = earlier is not None and earlier.get("source_stamp") not in (None, work.stamp)
+    stale = settings.stale_outputs(job.stem, outdated)
     for path in [*paths.values(), *stale]:  # a rename onto (or removing) a folder would
         if path.is_dir():  # fail after the others were replaced
             raise IsADirectoryError(errno.EISDIR, "a folder has this output's name", str(path))
     overlay = draw_overlay(image, labels) if "overlay" in paths else None
-    marker = settings.marker(job.stem)
     with ExitStack() as renames:  # on leaving, each temporary replaces its output
         # entered last, left first: the CSV, the file most often held open, is renamed first
         order = sorted(paths, key=lambda key: key == "nuclei")
@@ -803,8 +827,13 @@ def _write_outputs(
         "mean_area": mean_area,
         "median_diameter_px": diameter,
     }
-    with atomic_path(marker) as temporary:
-        temporary.write_text(json.dumps(record, indent=1) + "\n")
+    try:
+        with atomic_path(marker) as temporary:
+            temporary.write_text(json.dumps(record, indent=1) + "\n")
+    except OSError:  # outputs without a marker would be anyone's: another file could take
+        for path in paths.values():  # their name and replace them
+            path.unlink(missing_ok=True)
+        raise
     return len(rows), mean_area, diameter
 
 
@@ -820,7 +849,11 @@ def earlier_rows(settings: BatchSettings, jobs: Iterable[ImageJob]) -> list[dict
     stems = {job.stem for job in jobs}
     files = {source_key(job.source) for job in jobs}
     try:
-        with open(settings.output / SUMMARY_NAME, newline="", **SUMMARY_ENCODING) as handle:
+        with open(  # a table saved back from Excel starts with a byte-order mark
+            settings.output / SUMMARY_NAME,
+            newline="",
+            **{**SUMMARY_ENCODING, "encoding": "utf-8-sig"},
+        ) as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, ValueError):  # no summary yet, or not ours: nothing to keep
         return []

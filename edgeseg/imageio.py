@@ -264,7 +264,8 @@ def _read_own_page(
     pages = [p for p in tif.pages if not p.is_reduced] or list(tif.pages)
     chosen = pages[0]
     if len(pages) > 1:
-        sizes = ", ".join("x".join(map(str, p.shape)) for p in pages)
+        sizes = ", ".join("x".join(map(str, p.shape)) for p in pages[:8])
+        sizes += ", ..." if len(pages) > 8 else ""
         chosen = pages[_pick_index(path, "page", page, len(pages), f"pages ({sizes})")]
         page = None
     colour = _samples_are_colour(chosen)

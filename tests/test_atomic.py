@@ -81,6 +81,10 @@ def test_a_folder_is_judged_by_the_nearest_folder_that_exists(tmp_path: Path) ->
         unwritable_reason(tmp_path / "file" / "out")
         == f"{tmp_path / 'file'} is a file, not a folder"
     )
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    assert unwritable_reason(tmp_path / "dangling" / "out") == (
+        f"{tmp_path / 'dangling'} is a link to {tmp_path / 'gone'}, which does not exist"
+    )
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -786,3 +786,76 @@ def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
     )
     with pytest.raises(BatchError, match="records finished images here, and this user"):
         check_output_folder(shared, [tmp_path / "in"])
+
+
+def test_a_changed_file_leaves_no_output_of_its_earlier_version(tmp_path: Path) -> None:
+    """An overlay of the old image beside the new image's labels would be read as one result."""
+    path = _write_images(tmp_path / "in", 1)[0]
+    jobs = discover_images([tmp_path / "in"])
+    with_overlay = BatchSettings(output=tmp_path / "out", overlay=True)
+    plain = BatchSettings(output=tmp_path / "out")
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, with_overlay, MANIFEST), with_overlay)
+    cv2.imwrite(str(path), np.zeros((40, 50), np.uint8))  # re-exported under the same name
+    assert len(plan_batch(jobs, plain, MANIFEST).todo) == 1
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, plain, MANIFEST), plain)
+    assert not (tmp_path / "out" / "img00_overlay.png").exists()
+    assert len(plan_batch(jobs, with_overlay, MANIFEST).todo) == 1
+
+
+def test_an_overlay_the_marker_does_not_list_is_not_taken_for_a_result(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 1)
+    jobs = discover_images([tmp_path / "in"])
+    settings = BatchSettings(output=tmp_path / "out")
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    cv2.imwrite(str(tmp_path / "out" / "img00_overlay.png"), np.zeros((8, 8), np.uint8))
+    overlay = BatchSettings(output=tmp_path / "out", overlay=True)
+    assert len(plan_batch(jobs, overlay, MANIFEST).todo) == 1
+
+
+def test_results_whose_marker_cannot_be_written_are_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs without a marker belong to no file: another image could take their name."""
+    import errno
+
+    from edgeseg.atomic import atomic_path
+
+    def no_room_for_markers(final: Path):
+        if Path(final).suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(final))
+        return atomic_path(final)
+
+    _write_images(tmp_path / "in", 1)
+    settings = BatchSettings(output=tmp_path / "out")
+    monkeypatch.setattr(batch, "atomic_path", no_room_for_markers)
+    jobs = discover_images([tmp_path / "in"])
+    result = run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)[0]
+    assert result.status == "failed" and "No space left on device" in result.error
+    assert not list((tmp_path / "out").glob("img00*"))
+
+
+def test_names_too_long_for_the_file_system_are_shortened_and_stay_apart(tmp_path: Path) -> None:
+    deep = [tmp_path / "in" / (letter * 120) / (letter * 120) for letter in "AB"]
+    for folder in deep:
+        _write_images(folder, 1)
+        (folder / "img00.png").rename(folder / ("x" * 240 + ".png"))
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    results = run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    assert [result.status for result in results] == ["ok", "ok"]
+    stems = [job.stem for job in jobs]
+    assert len(set(stems)) == 2 and all(
+        len(stem.encode()) <= batch.MAX_STEM_BYTES for stem in stems
+    )
+    assert len(plan_batch(jobs, settings, MANIFEST).skipped) == 2
+
+
+def test_a_summary_saved_back_from_excel_keeps_its_rows(tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", 2)
+    settings = BatchSettings(output=tmp_path / "out")
+    jobs = discover_images([tmp_path / "in"])
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
+    table = tmp_path / "out" / "summary.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())  # Excel's "CSV UTF-8"
+    rows = batch.earlier_rows(settings, jobs[1:])
+    assert [row["file"] for row in rows] == [str(jobs[0].source)]

@@ -153,6 +153,13 @@ def test_pages_of_different_sizes_are_never_picked_silently(tmp_path: Path) -> N
     tifffile.imwrite(marked, np.full((40, 30), 9, np.uint8))
     tifffile.imwrite(marked, np.full((8, 6), 5, np.uint8), append=True, subfiletype=1)
     assert read_plane(marked).shape == (40, 30)  # a page flagged reduced-resolution is no image
+    many = tmp_path / "many.tif"  # fields of two sizes written page by page: a short message
+    with tifffile.TiffWriter(many) as writer:
+        for index in range(300):
+            writer.write(np.zeros((8, 8 - index % 2), np.uint8), metadata=None)
+    with pytest.raises(ImageReadError, match=r"has 300 pages \((8x8, 8x7, ){4}\.\.\.\)") as error:
+        read_plane(many)
+    assert len(str(error.value)) < 400
 
 
 def test_ome_hyperstack_page_and_channel(tmp_path: Path) -> None:
