@@ -82,8 +82,8 @@ def unwritable_reason(folder: Path) -> str | None:
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == folder else f"{existing}, where it would be made, "
-        return f"{where}is not writable by this user"
+        where = "" if existing == folder else ", where it would be made,"
+        return f"{existing}{where} is not writable by this user"
     return None
 
 

@@ -831,8 +831,8 @@ def _write_outputs(
         with atomic_path(marker) as temporary:
             temporary.write_text(json.dumps(record, indent=1) + "\n")
     except OSError:  # outputs without a marker would be anyone's: another file could take
-        for path in paths.values():  # their name and replace them
-            path.unlink(missing_ok=True)
+        for path in [*paths.values(), *settings.stale_outputs(job.stem, outdated=True)]:
+            path.unlink(missing_ok=True)  # their name and sit beside its results
         raise
     return len(rows), mean_area, diameter
 

@@ -770,7 +770,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
     monkeypatch.setattr(  # as a non-root user sees a read-only folder (tests run as root)
         os, "access", lambda path, mode: Path(path) != locked and access(path, mode)
     )
-    with pytest.raises(BatchError, match=f"output folder {locked}: is not writable by this"):
+    with pytest.raises(BatchError, match=f"output folder {locked}: {locked} is not writable"):
         check_output_folder(locked, [tmp_path / "in"])
     inside = locked / "new" / "out"
     with pytest.raises(BatchError, match=f"{inside}: {locked}, where it would be made, is not"):
@@ -826,28 +826,30 @@ def test_results_whose_marker_cannot_be_written_are_not_left_behind(
         return atomic_path(final)
 
     _write_images(tmp_path / "in", 1)
+    jobs = discover_images([tmp_path / "in"])
+    first = BatchSettings(output=tmp_path / "out", overlay=True, label_format="png")
+    run_batch(ThresholdSegmenter(), plan_batch(jobs, first, MANIFEST), first)
     settings = BatchSettings(output=tmp_path / "out")
     monkeypatch.setattr(batch, "atomic_path", no_room_for_markers)
-    jobs = discover_images([tmp_path / "in"])
     result = run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)[0]
     assert result.status == "failed" and "No space left on device" in result.error
     assert not list((tmp_path / "out").glob("img00*"))
 
 
 def test_names_too_long_for_the_file_system_are_shortened_and_stay_apart(tmp_path: Path) -> None:
-    deep = [tmp_path / "in" / (letter * 120) / (letter * 120) for letter in "AB"]
-    for folder in deep:
-        _write_images(folder, 1)
-        (folder / "img00.png").rename(folder / ("x" * 240 + ".png"))
+    plates = [tmp_path / "in" / name for name in ("plate1", "plate2")]
+    for plate in plates:  # the same long names in two folders, the names apart only at the end
+        for index, path in enumerate(_write_images(plate, 2)):
+            path.rename(plate / f"{'x' * 240}{index}.png")
     settings = BatchSettings(output=tmp_path / "out")
     jobs = discover_images([tmp_path / "in"])
     results = run_batch(ThresholdSegmenter(), plan_batch(jobs, settings, MANIFEST), settings)
-    assert [result.status for result in results] == ["ok", "ok"]
+    assert [result.status for result in results] == ["ok"] * 4
     stems = [job.stem for job in jobs]
-    assert len(set(stems)) == 2 and all(
+    assert len(set(stems)) == 4 and all(
         len(stem.encode()) <= batch.MAX_STEM_BYTES for stem in stems
     )
-    assert len(plan_batch(jobs, settings, MANIFEST).skipped) == 2
+    assert len(plan_batch(jobs, settings, MANIFEST).skipped) == 4
 
 
 def test_a_summary_saved_back_from_excel_keeps_its_rows(tmp_path: Path) -> None:
