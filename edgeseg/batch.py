@@ -301,7 +301,7 @@ MAX_STEM_BYTES = 200
 def fitted(stem: str) -> str:
     """``stem``, or when too long for an output name its start and a hash of the whole, so
     that long names (deep folders joined by "__") neither fail every run nor meet."""
-    raw = stem.encode("utf-8", "surrogateescape")
+    raw = stem.encode("utf-8", "surrogatepass")  # Linux's undecodable bytes, Windows' halves
     if len(raw) <= MAX_STEM_BYTES:
         return stem
     start = raw[: MAX_STEM_BYTES - 9].decode("utf-8", "ignore")  # a cut character dropped

@@ -861,3 +861,11 @@ def test_a_summary_saved_back_from_excel_keeps_its_rows(tmp_path: Path) -> None:
     table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())  # Excel's "CSV UTF-8"
     rows = batch.earlier_rows(settings, jobs[1:])
     assert [row["file"] for row in rows] == [str(jobs[0].source)]
+
+
+def test_a_name_of_any_characters_is_fitted() -> None:
+    """Undecodable bytes (Linux) and half surrogate pairs (Windows) are names too."""
+    for odd in ("\udcff", "\ud800"):
+        stem = batch.fitted(odd * 300)
+        assert len(stem.encode("utf-8", "surrogatepass")) <= batch.MAX_STEM_BYTES
+    assert batch.fitted("\udcff" * 10) == "\udcff" * 10
