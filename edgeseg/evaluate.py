@@ -37,7 +37,7 @@ def resolve_split(data_root: Path, split: str) -> Path:
     if split not in SPLIT_FOLDERS:
         raise EvaluationError(f"unknown split {split!r}: choose one of {sorted(SPLIT_FOLDERS)}")
     data_root = Path(data_root)
-    if any(data_root.glob("stage1_*")):
+    if any(path.is_dir() for path in data_root.glob("stage1_*")):  # not stage1_notes.txt
         folder = data_root / SPLIT_FOLDERS[split]
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: no such folder for split {split!r}")
@@ -112,6 +112,8 @@ def evaluate_folder(
         kinds[sample.id] = image_kind(sample.image)
         path = paths[sample.id]
         pred = read_image(path)
+        if pred.size == 0:  # tifffile reads a damaged file as nothing, with a warning
+            raise EvaluationError(f"{path}: no pixels could be read (damaged or truncated?)")
         if pred.ndim != 2:
             raise EvaluationError(f"{path}: expected a 2-D label image, got shape {pred.shape}")
         try:

@@ -114,9 +114,11 @@ def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> No
     """Refuse an artifact that failed its accuracy gate at export (edgeseg export)."""
     verification = manifest.get("verification", {})
     if verification.get("status") == "rejected":
+        failed = verification.get("failed")
+        failed = ", ".join(map(str, failed)) if isinstance(failed, list) else None
         raise ManifestError(
             f"{artifact}: this artifact failed its accuracy check at export "
-            f"({', '.join(verification.get('failed', [])) or 'see its manifest'} outside "
+            f"({failed or 'see its manifest'} outside "
             "the limits its manifest's verification records); refusing to run it. "
             "Re-export it, or choose a larger --max-drop at export if the loss is acceptable"
         )

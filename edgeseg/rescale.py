@@ -69,8 +69,14 @@ def diameter_scale(manifest: Mapping[str, Any], diameter: float) -> float:
 def required_diameter(manifest: Mapping[str, Any]) -> float:
     """``recorded_diameter``, or a ValueError saying why rescaling is impossible without it."""
     model = recorded_diameter(manifest)
+    name = manifest.get("name") or manifest.get("artifact") or "this model"
+    if model is None and "nucleus_diameter" in manifest:
+        raise ValueError(
+            f"model {name!r} records an invalid nucleus_diameter in its manifest "
+            f"({manifest['nucleus_diameter']!r}: its median_px must be a positive number of "
+            "pixels), so images cannot be rescaled to its nucleus size; re-export the model"
+        )
     if model is None:
-        name = manifest.get("name") or manifest.get("artifact") or "this model"
         raise ValueError(
             f"model {name!r} records no nucleus_diameter in its manifest (it predates that "
             "field), so images cannot be rescaled to its nucleus size; leave the diameter "

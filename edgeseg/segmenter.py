@@ -35,19 +35,37 @@ from edgeseg.tiling import TileSettings, predict_tiled
 
 
 def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
-    """The thresholds the model was validated with (manifest ``postprocess``)."""
+    """The thresholds the model was validated with (manifest ``postprocess``; training's
+    own validation passes none and gets the defaults). A setting misspelt or out of range
+    is a damaged manifest, never a reason to segment with thresholds nobody validated."""
     spec = manifest.get("postprocess", {})
+    if not isinstance(spec, dict):
+        raise ManifestError(f"manifest postprocess must be a mapping, got {spec!r}")
     known = {field.name for field in fields(PostprocessSettings)}
-    chosen = {key: value for key, value in spec.items() if key in known}
-    for key, value in chosen.items():
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ManifestError(
+            f"manifest postprocess has unknown settings {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}"
+        )
+    for key, value in spec.items():
         if not _finite_number(value):
             raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
-    if not 0 <= chosen.get("distance_threshold", 0) < 1:  # 1 or more would keep no seed
-        raise ManifestError(
-            f"manifest postprocess distance_threshold must lie in [0, 1), got "
-            f"{chosen['distance_threshold']!r}"
-        )
-    return PostprocessSettings(**chosen)
+        valid, allowed = _VALID[key]
+        if not valid(value):
+            raise ManifestError(f"manifest postprocess {key} must {allowed}, got {value!r}")
+    return PostprocessSettings(**spec)
+
+
+#: Each setting's valid values: probabilities, pixel counts; a distance threshold of 1 or
+#: more would keep no seed.
+_VALID: dict[str, tuple[Callable[[float], bool], str]] = {
+    "foreground_threshold": (lambda value: 0 <= value <= 1, "lie in [0, 1]"),
+    "boundary_threshold": (lambda value: 0 <= value <= 1, "lie in [0, 1]"),
+    "min_area": (lambda value: value >= 0, "be 0 or more"),
+    "min_seed_area": (lambda value: value >= 0, "be 0 or more"),
+    "distance_threshold": (lambda value: 0 <= value < 1, "lie in [0, 1)"),
+}
 
 
 def _finite_number(value: object) -> bool:
@@ -172,6 +190,11 @@ def load_segmenter(
             f"it cannot use tile size {tile}"
         )
     try:  # the manifest's tiling, preprocessing and thresholds, checked: errors name the file
+        if "postprocess" not in manifest:  # every export and training run records them
+            raise ManifestError(
+                "its manifest has no postprocess section (the thresholds the model was "
+                "validated with); re-export the model"
+            )
         tiles = TileSettings.from_manifest(
             manifest, size=tile, overlap=overlap, batch_size=batch_size
         )

@@ -127,6 +127,9 @@ def test_split_picks_the_stage1_folder(tmp_path):
     assert train["dataset"] == str(root / "stage1_train")
     direct = evaluate_folder(tmp_path / "pred", root / "stage1_train", split="test", cache_dir=None)
     assert direct["per_image"] == train["per_image"]
+    (root / "stage1_train" / "stage1_notes.txt").write_text("a file, not a split")
+    noted = evaluate_folder(tmp_path / "pred", root / "stage1_train", cache_dir=None)
+    assert noted["per_image"] == train["per_image"]
     subset = evaluate_folder(tmp_path / "pred", root, ids=["t2"], cache_dir=None)
     assert list(subset["per_image"]) == ["t2"] and subset["aggregate"]["images"] == 1
     with pytest.raises(EvaluationError, match="stage1_train_fixed"):
@@ -158,6 +161,18 @@ def test_wrong_prediction_shape_is_named(tmp_path):
     assert result.exit_code == 1
     assert "s0_labels.tif" in result.output
     assert f"{truth['s0'].shape}" in result.output and "(10, 10)" in result.output
+
+
+def test_a_damaged_prediction_is_named_as_unreadable(tmp_path):
+    _plain_dataset(tmp_path / "data", count=1)
+    path = tmp_path / "pred" / "s0_labels.tif"
+    path.parent.mkdir()
+    path.write_bytes(b"II*\x00garbage")  # a TIFF header and nothing tifffile can use
+    result = _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert f"{path}: " in result.output and "shape" not in result.output
 
 
 def test_two_label_files_for_one_image_are_refused(tmp_path):

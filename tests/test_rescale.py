@@ -102,6 +102,9 @@ def test_a_model_without_a_recorded_diameter_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="'fake-unet' records no nucleus_diameter"):
         segmenter.segment(np.zeros((64, 64), np.uint8), diameter=40)
     assert segmenter.segment(np.zeros((64, 64), np.uint8)).max() == 0  # without: as before
+    damaged = _segmenter({**manifest, "nucleus_diameter": {"median_px": -3}})
+    with pytest.raises(ValueError, match="'fake-unet' records an invalid nucleus_diameter"):
+        damaged.segment(np.zeros((64, 64), np.uint8), diameter=40)
 
 
 @pytest.mark.parametrize("diameter", [0.0, -5.0, float("nan"), float("inf"), 1e-320])

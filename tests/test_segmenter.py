@@ -212,3 +212,31 @@ def test_manifest_thresholds_must_be_numbers(value: object) -> None:
     ):
         postprocess_settings({"postprocess": {"min_area": value, "foreground_threshold": 0.6}})
     assert postprocess_settings({"postprocess": {"min_area": 9}}).min_area == 9
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("foreground_threshold", -1, "lie in [0, 1]"),
+        ("boundary_threshold", 5, "lie in [0, 1]"),
+        ("min_area", -5, "be 0 or more"),
+        ("distance_threshold", 1.0, "lie in [0, 1)"),
+    ],
+)
+def test_manifest_thresholds_out_of_range_are_refused(key: str, value: float, allowed: str) -> None:
+    """A threshold of -1 made the whole image one nucleus, reported as a success."""
+    with pytest.raises(ManifestError, match=re.escape(f"{key} must {allowed}, got {value!r}")):
+        postprocess_settings({"postprocess": {key: value}})
+
+
+def test_a_misspelt_or_missing_postprocess_section_names_the_model(onnx_model: Path) -> None:
+    manifest = json.loads(manifest_path(onnx_model).read_text())
+    manifest["postprocess"]["foreground_treshold"] = 0.7
+    manifest_path(onnx_model).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="unknown settings foreground_treshold") as error:
+        load_segmenter(onnx_model)
+    assert str(onnx_model) in str(error.value)
+    del manifest["postprocess"]
+    manifest_path(onnx_model).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="no postprocess section"):
+        load_segmenter(onnx_model)
