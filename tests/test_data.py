@@ -66,6 +66,16 @@ def test_label_images_are_taken_as_instance_ids_or_refused() -> None:
             instance_labels(Path("a.tif"), bad, (1, 2))
 
 
+def test_what_other_tools_leave_in_a_dataset_is_passed_over(kaggle_root: Path) -> None:
+    """A dataset unzipped on a Mac or opened in Jupyter still reads as before."""
+    expected = find_samples(kaggle_root)
+    (kaggle_root / ".ipynb_checkpoints").mkdir()
+    (kaggle_root / "__MACOSX" / "id0").mkdir(parents=True)
+    (kaggle_root / "id0" / "masks" / "._m1.png").write_bytes(b"\x00\x05\x16\x07 Mac metadata")
+    (kaggle_root / "id1" / "images" / "._id1.png").write_bytes(b"\x00\x05\x16\x07")
+    assert find_samples(kaggle_root) == expected
+
+
 def test_plain_layout(tmp_path: Path) -> None:
     image, labels = synthetic_nuclei((50, 60), count=4, seed=3)
     (tmp_path / "images").mkdir()

@@ -46,9 +46,15 @@ class Sample:
     labels: np.ndarray
 
 
+def _ours(path: Path) -> bool:
+    """Not what other tools leave in data folders: hidden files and folders (macOS's ``._``
+    copies, ``.ipynb_checkpoints``) and the ``__MACOSX`` folder of zips made on a Mac."""
+    return not path.name.startswith(".") and path.name != "__MACOSX"
+
+
 def _kaggle_refs(root: Path) -> list[SampleRef]:
     refs = []
-    for sample_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for sample_dir in sorted(p for p in root.iterdir() if p.is_dir() and _ours(p)):
         images_dir = sample_dir / "images"
         if not images_dir.is_dir():
             split = any((child / "images").is_dir() for child in sample_dir.iterdir())
@@ -56,7 +62,7 @@ def _kaggle_refs(root: Path) -> list[SampleRef]:
             raise DatasetError(f"{sample_dir}: missing images/ folder{hint}")
         image_path = images_dir / f"{sample_dir.name}.png"
         if not image_path.is_file():
-            found = sorted(images_dir.glob("*.png"))
+            found = sorted(filter(_ours, images_dir.glob("*.png")))
             if len(found) != 1:
                 raise DatasetError(f"{images_dir}: expected one image named {image_path.name}")
             image_path = found[0]
@@ -66,7 +72,7 @@ def _kaggle_refs(root: Path) -> list[SampleRef]:
                 f"{sample_dir}: no masks/ folder, so no ground truth to train or score with "
                 "(an image without nuclei has an empty masks/ folder)"
             )
-        mask_paths = tuple(sorted(masks_dir.glob("*.png")))
+        mask_paths = tuple(sorted(filter(_ours, masks_dir.glob("*.png"))))
         refs.append(SampleRef(sample_dir.name, image_path, mask_paths=mask_paths))
     return refs
 
@@ -75,7 +81,7 @@ def _plain_refs(root: Path) -> list[SampleRef]:
     images_dir, labels_dir = root / "images", root / "labels"
     refs = []
     for image_path in sorted(images_dir.iterdir()):
-        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES or not _ours(image_path):
             continue
         candidates = [labels_dir / f"{image_path.stem}{suffix}" for suffix in LABEL_SUFFIXES]
         label_path = next((c for c in candidates if c.is_file()), None)
