@@ -76,6 +76,16 @@ def test_what_other_tools_leave_in_a_dataset_is_passed_over(kaggle_root: Path) -
     assert find_samples(kaggle_root) == expected
 
 
+def test_a_mask_drawn_in_colour_is_read_whatever_the_channel(kaggle_root: Path) -> None:
+    expected = load_sample(find_samples(kaggle_root)[0]).labels
+    for mask_path in (kaggle_root / "id0" / "masks").glob("*.png"):
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        blue = np.zeros((*mask.shape, 4), np.uint8)
+        blue[..., 0], blue[..., 3] = mask, 255  # BGRA: blue only, opaque everywhere
+        cv2.imwrite(str(mask_path), blue)
+    np.testing.assert_array_equal(load_sample(find_samples(kaggle_root)[0]).labels, expected)
+
+
 def test_plain_layout(tmp_path: Path) -> None:
     image, labels = synthetic_nuclei((50, 60), count=4, seed=3)
     (tmp_path / "images").mkdir()

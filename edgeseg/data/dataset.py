@@ -115,8 +115,8 @@ def merge_masks(mask_paths: tuple[Path, ...], shape: tuple[int, int]) -> np.ndar
     labels = np.zeros(shape, dtype=np.uint16)
     for index, mask_path in enumerate(mask_paths, start=1):
         mask = read_image(mask_path)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
+        if mask.ndim == 3:  # a nucleus drawn in any colour; alpha (opaque everywhere) is not one
+            mask = mask[..., :3].max(axis=-1)
         if mask.shape != shape:
             raise DatasetError(f"{mask_path}: mask size {mask.shape} differs from image {shape}")
         foreground = mask > 0
