@@ -35,10 +35,16 @@ from edgeseg.tiling import TileSettings, predict_tiled
 
 
 def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
-    """The thresholds the model was validated with (manifest ``postprocess``; training's
-    own validation passes none and gets the defaults). A setting misspelt or out of range
-    is a damaged manifest, never a reason to segment with thresholds nobody validated."""
-    spec = manifest.get("postprocess", {})
+    """The thresholds the model was validated with (manifest ``postprocess``, which every
+    export and training run records). A section missing, or a setting misspelt or out of
+    range, is a damaged manifest, never a reason to segment with thresholds nobody
+    validated."""
+    if "postprocess" not in manifest:
+        raise ManifestError(
+            "manifest has no postprocess section (the thresholds the model was validated "
+            "with); re-export the model"
+        )
+    spec = manifest["postprocess"]
     if not isinstance(spec, dict):
         raise ManifestError(f"manifest postprocess must be a mapping, got {spec!r}")
     known = {field.name for field in fields(PostprocessSettings)}
@@ -190,11 +196,6 @@ def load_segmenter(
             f"it cannot use tile size {tile}"
         )
     try:  # the manifest's tiling, preprocessing and thresholds, checked: errors name the file
-        if "postprocess" not in manifest:  # every export and training run records them
-            raise ManifestError(
-                "its manifest has no postprocess section (the thresholds the model was "
-                "validated with); re-export the model"
-            )
         tiles = TileSettings.from_manifest(
             manifest, size=tile, overlap=overlap, batch_size=batch_size
         )

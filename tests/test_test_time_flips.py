@@ -45,7 +45,7 @@ def test_flips_keep_equivariant_outputs_and_average_out_a_bias(shape: tuple[int,
 
 def test_segmenter_uses_flips_only_when_asked() -> None:
     image = np.random.default_rng(4).random((48, 48), dtype=np.float32)
-    manifest = {"name": "biased", "tile": {"size": 64}}
+    manifest = {"name": "biased", "tile": {"size": 64}, "postprocess": {}}
     plain = Segmenter(BiasedBackend(), manifest).predict_probabilities(image)
     flipped = Segmenter(BiasedBackend(), manifest, test_time_flips=True)
     averaged = flipped.predict_probabilities(image)

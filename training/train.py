@@ -148,6 +148,7 @@ def train_on_samples(
     import keras
 
     from edgeseg.backends.keras import KerasBackend
+    from edgeseg.postprocess import PostprocessSettings
     from edgeseg.segmenter import Segmenter
     from edgeseg.tiling import TileSettings
     from training.losses import SegmentationLoss
@@ -191,7 +192,8 @@ def train_on_samples(
 
         def on_epoch_end(self, epoch, logs=None):
             backend = KerasBackend.from_model(self.model)
-            segmenter = Segmenter(backend, validation_manifest, tiles=tiles)
+            # probabilities only: each epoch is scored over the thresholds of epoch_grid
+            segmenter = Segmenter(backend, validation_manifest, PostprocessSettings(), tiles)
             maps = [(s.labels, segmenter.predict_probabilities(s.image)) for s in validation]
             best = best_result(score_settings(maps, grid_settings(epoch_grid)))
             metrics, score = best["validation"], best["selection_score"]
