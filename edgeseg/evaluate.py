@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from edgeseg.data.cache import DEFAULT_CACHE_DIR, load_dataset
-from edgeseg.data.dataset import find_samples
+from edgeseg.data.dataset import binary_mask_reason, find_samples
 from edgeseg.imageio import read_image
 from edgeseg.metrics import aggregate, score_image
 from edgeseg.preprocess import image_kind
@@ -116,6 +116,9 @@ def evaluate_folder(
             raise EvaluationError(f"{path}: no pixels could be read (damaged or truncated?)")
         if pred.ndim != 2:
             raise EvaluationError(f"{path}: expected a 2-D label image, got shape {pred.shape}")
+        reason = binary_mask_reason(pred)
+        if reason:
+            raise EvaluationError(f"{path}: {reason}")
         try:
             per_image[sample.id] = score_image(sample.labels, pred)
         except ValueError as error:

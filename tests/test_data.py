@@ -66,6 +66,15 @@ def test_label_images_are_taken_as_instance_ids_or_refused() -> None:
             instance_labels(Path("a.tif"), bad, (1, 2))
 
 
+def test_a_foreground_mask_is_not_taken_as_one_nucleus() -> None:
+    from edgeseg.data.dataset import instance_labels
+
+    with pytest.raises(DatasetError, match="a.tif: one label value .1. covers 3 separate regions"):
+        instance_labels(Path("a.tif"), np.array([[1, 0, 1, 0, 1]]), (1, 5))
+    cut_by_the_edge = np.array([[1, 0, 1]])  # may be one nucleus: kept
+    assert instance_labels(Path("a.tif"), cut_by_the_edge, (1, 3)).tolist() == [[1, 0, 1]]
+
+
 def test_what_other_tools_leave_in_a_dataset_is_passed_over(kaggle_root: Path) -> None:
     """A dataset unzipped on a Mac or opened in Jupyter still reads as before."""
     expected = find_samples(kaggle_root)

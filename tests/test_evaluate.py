@@ -175,6 +175,25 @@ def test_a_damaged_prediction_is_named_as_unreadable(tmp_path):
     assert f"{path}: " in result.output and "shape" not in result.output
 
 
+@pytest.mark.parametrize("which", ["prediction", "ground truth"])
+def test_a_foreground_mask_given_as_labels_is_refused(tmp_path, which):
+    """A 0/255 mask read as labels would score all nuclei as one, silently."""
+    truth = _plain_dataset(tmp_path / "data", count=1)
+    _write_predictions(tmp_path / "pred", truth)
+    _, separate = synthetic_nuclei(truth["s0"].shape, count=6, seed=0, touching=False)
+    path = {
+        "prediction": tmp_path / "pred" / "s0_labels.tif",
+        "ground truth": tmp_path / "data" / "labels" / "s0.tif",
+    }[which]
+    cv2.imwrite(str(path), np.where(separate > 0, 255, 0).astype(np.uint8))
+    result = _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert f"{path}: one label value (255) covers" in result.output
+    assert "foreground mask" in result.output
+
+
 def test_two_label_files_for_one_image_are_refused(tmp_path):
     truth = _plain_dataset(tmp_path / "data", count=1)
     _write_predictions(tmp_path / "pred", truth)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgeseg.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -128,7 +129,8 @@ def merge_masks(mask_paths: tuple[Path, ...], shape: tuple[int, int]) -> np.ndar
 
 def instance_labels(path: Path, labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A label image as uint16 instance ids, refusing what is not one (fractions, negatives,
-    the wrong size) instead of truncating or wrapping it; ids above 65535 are renumbered."""
+    the wrong size, a foreground mask) instead of truncating, wrapping or merging it; ids
+    above 65535 are renumbered."""
     if labels.ndim != 2 or labels.shape != shape:
         raise DatasetError(f"{path}: label image {labels.shape} does not match image {shape}")
     if labels.dtype.kind not in "buif" or (
@@ -142,7 +144,31 @@ def instance_labels(path: Path, labels: np.ndarray, shape: tuple[int, ...]) -> n
         if len(ids) > np.iinfo(np.uint16).max:
             raise DatasetError(f"{path}: {len(ids) - 1} nuclei, more than a uint16 image holds")
         labels = inverse.reshape(labels.shape) + (ids[0] != 0)
+    reason = binary_mask_reason(labels)
+    if reason:
+        raise DatasetError(f"{path}: {reason}")
     return labels.astype(np.uint16)
+
+
+def binary_mask_reason(labels: np.ndarray) -> str | None:
+    """Why ``labels`` looks like a foreground mask rather than instance labels, else None.
+
+    A thresholded mask (0/1 or 0/255) read as labels scores every nucleus as one: the numbers
+    come out wrong with nothing to say so. One value over three or more separate regions is
+    taken as such a mask; one or two regions may be a single nucleus cut by the image edge.
+    """
+    values = np.unique(labels)
+    values = values[values != 0]
+    if len(values) != 1:
+        return None
+    regions, _ = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
+    if regions - 1 < 3:
+        return None
+    return (
+        f"one label value ({values[0]}) covers {regions - 1} separate regions: a foreground "
+        "mask, not an instance label image; give each nucleus its own number "
+        "(e.g. skimage.measure.label) before scoring"
+    )
 
 
 def load_sample(ref: SampleRef) -> Sample:
