@@ -11,23 +11,53 @@ benchmarks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from math import isfinite
+from numbers import Real
 
 import cv2
 import numpy as np
 
+#: The values each kind of setting may take, as dataclass field metadata.
+_PROBABILITY = {"valid": lambda value: 0 <= value <= 1, "allowed": "lie in [0, 1]"}
+_PIXELS = {"valid": lambda value: value >= 0, "allowed": "be 0 or more"}
+#: A normalised distance threshold of 1 or more would keep no seed.
+_BELOW_ONE = {"valid": lambda value: 0 <= value < 1, "allowed": "lie in [0, 1)"}
+
+
+def _finite_number(value: object) -> bool:
+    """A number a threshold can be: not a bool, not NaN or infinite, not too large for a
+    float (JSON integers have no limit)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    try:
+        return isfinite(value)
+    except OverflowError:
+        return False
+
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    foreground_threshold: float = 0.5
-    boundary_threshold: float = 0.5
-    min_area: int = 8
+    foreground_threshold: float = field(default=0.5, metadata=_PROBABILITY)
+    boundary_threshold: float = field(default=0.5, metadata=_PROBABILITY)
+    min_area: int = field(default=8, metadata=_PIXELS)
     #: Seeds smaller than this are noise in the boundary map, not nuclei: dropping them stops
     #: one nucleus from being cut into fragments.
-    min_seed_area: int = 0
+    min_seed_area: int = field(default=0, metadata=_PIXELS)
     #: With a distance map, seeds are also kept to pixels whose normalised distance to the
     #: nucleus edge exceeds this: touching nuclei meet at distance ~0, their centres are ~1.
-    distance_threshold: float = 0.0
+    distance_threshold: float = field(default=0.0, metadata=_BELOW_ONE)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that segment nonsense without an error: a foreground threshold of
+        -1 made the whole image one nucleus, reported as a success."""
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if not _finite_number(value):
+                raise ValueError(f"{setting.name} must be a number, got {value!r}")
+            if not setting.metadata["valid"](value):
+                allowed = setting.metadata["allowed"]
+                raise ValueError(f"{setting.name} must {allowed}, got {value!r}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

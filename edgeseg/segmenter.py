@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
-from math import isfinite
 from typing import Any
 
 import numpy as np
@@ -54,35 +53,10 @@ def postprocess_settings(manifest: Mapping[str, Any]) -> PostprocessSettings:
             f"manifest postprocess has unknown settings {', '.join(unknown)}; known: "
             f"{', '.join(sorted(known))}"
         )
-    for key, value in spec.items():
-        if not _finite_number(value):
-            raise ManifestError(f"manifest postprocess {key} must be a number, got {value!r}")
-        valid, allowed = _VALID[key]
-        if not valid(value):
-            raise ManifestError(f"manifest postprocess {key} must {allowed}, got {value!r}")
-    return PostprocessSettings(**spec)
-
-
-#: Each setting's valid values: probabilities, pixel counts; a distance threshold of 1 or
-#: more would keep no seed.
-_VALID: dict[str, tuple[Callable[[float], bool], str]] = {
-    "foreground_threshold": (lambda value: 0 <= value <= 1, "lie in [0, 1]"),
-    "boundary_threshold": (lambda value: 0 <= value <= 1, "lie in [0, 1]"),
-    "min_area": (lambda value: value >= 0, "be 0 or more"),
-    "min_seed_area": (lambda value: value >= 0, "be 0 or more"),
-    "distance_threshold": (lambda value: 0 <= value < 1, "lie in [0, 1)"),
-}
-
-
-def _finite_number(value: object) -> bool:
-    """A JSON number a threshold can be: not a bool, not NaN or infinite, not too large for
-    a float (JSON integers have no limit)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
     try:
-        return isfinite(value)
-    except OverflowError:
-        return False
+        return PostprocessSettings(**spec)
+    except ValueError as error:
+        raise ManifestError(f"manifest postprocess {error}") from error
 
 
 class Segmenter:

@@ -147,3 +147,18 @@ def test_the_manifest_names_the_stained_channel_and_old_manifests_mean_luma() ->
         preprocessing({"preprocess": {"stained_channel": "eosin"}})
     with pytest.raises(ValueError, match="'eosin'"):
         normalize(synthetic_he()[0], "eosin")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("foreground_threshold", -1, r"foreground_threshold must lie in \[0, 1\], got -1"),
+        ("min_seed_area", -2, "min_seed_area must be 0 or more, got -2"),
+        ("boundary_threshold", float("nan"), "boundary_threshold must be a number, got nan"),
+        ("min_area", "8", "min_area must be a number, got '8'"),
+    ],
+)
+def test_settings_that_would_segment_nonsense_are_refused(setting, value, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PostprocessSettings(**{setting: value})
+    assert PostprocessSettings(**{setting: np.float32(0.5)}).to_dict()[setting] == 0.5
