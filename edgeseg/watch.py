@@ -57,6 +57,8 @@ class _Tracked:
     signature: Signature
     since: float  # time.monotonic() when this signature was first seen
     failed: bool = False  # failed with this signature: retried only once the file changes
+    #: did not decode with this signature: the same bytes are not decoded again each poll
+    undecodable: bool = False
 
 
 class FolderWatcher:
@@ -180,23 +182,27 @@ class FolderWatcher:
             if tracked is None:
                 self._tracked[key] = _Tracked(self._job(path), signature, now)
             elif signature != tracked.signature:
-                tracked.signature, tracked.since, tracked.failed = signature, now, False
-            elif not tracked.failed and self._complete(path, now - tracked.since):
+                tracked.signature, tracked.since = signature, now
+                tracked.failed = tracked.undecodable = False
+            elif not tracked.failed and self._complete(tracked, now - tracked.since):
                 ready.append(tracked.job)
         for key in self._tracked.keys() - present:
             del self._tracked[key]  # removed before it was done
         return ready
 
-    def _complete(self, path: Path, unchanged_for: float) -> bool:
+    def _complete(self, tracked: _Tracked, unchanged_for: float) -> bool:
         """Settled and decodable, or settled so long that it is time to report it failed."""
         if unchanged_for < self.settle:
             return False
         if unchanged_for >= self.settle + self.patience:
             return True
+        if tracked.undecodable:
+            return False
         settings = self.settings
         try:
-            read_plane(path, settings.page, settings.channel, settings.max_megapixels)
+            read_plane(tracked.job.source, settings.page, settings.channel, settings.max_megapixels)
         except Exception:  # truncated, still being written, or bad: not taken yet
+            tracked.undecodable = True
             return False
         return True
 

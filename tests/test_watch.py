@@ -24,8 +24,10 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT, synthetic_nuclei
 from tiny_models import threshold_model
 
+import edgeseg.watch
 from edgeseg.batch import BatchSettings, read_marker
 from edgeseg.cli import main
+from edgeseg.imageio import read_plane
 from edgeseg.segmenter import load_segmenter
 from edgeseg.watch import FolderWatcher, watch_folder
 
@@ -199,6 +201,30 @@ def test_partial_files_are_taken_only_when_complete(tmp_path: Path, model: Path)
     complete = [_gray(2).astype(np.uint16) * 200, _gray(1)]
     for image in segmenter.seen:
         assert any(np.array_equal(image, expected) for expected in complete)
+
+
+def test_a_settled_undecodable_file_is_decoded_once_per_version(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling every second must not decode a huge stalled copy every second."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = _png(1)
+    stalled = folder / "stalled.png"
+    stalled.write_bytes(data[: len(data) // 2])
+    decoded: list[Path] = []
+
+    def counting(path, *args):
+        decoded.append(path)
+        return read_plane(path, *args)
+
+    monkeypatch.setattr(edgeseg.watch, "read_plane", counting)
+    watcher = FolderWatcher(folder, Recording(model), BatchSettings(tmp_path / "out"), settle=0)
+    assert [watcher.poll() for _ in range(4)] == [[]] * 4
+    assert decoded == [stalled]
+    stalled.write_bytes(data)  # the copy went on: a new version, decoded and taken
+    assert [job.source for job in watcher.poll() or watcher.poll()] == [stalled]
+    assert decoded == [stalled, stalled]
 
 
 def test_undecodable_file_fails_then_is_retried_when_replaced(tmp_path: Path, model: Path) -> None:
