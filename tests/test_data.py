@@ -103,6 +103,9 @@ def test_plain_layout(tmp_path: Path) -> None:
     sample = load_sample(find_samples(tmp_path)[0])
     np.testing.assert_array_equal(sample.labels, labels)
     np.testing.assert_array_equal(sample.image, image)
+    cv2.imwrite(str(tmp_path / "images" / "a.tif"), image)  # two images, one label image
+    with pytest.raises(DatasetError, match=r"a.tif: same name as a.png"):
+        find_samples(tmp_path)
 
 
 def test_the_dataset_root_instead_of_a_split_is_named_as_such(kaggle_root: Path) -> None:

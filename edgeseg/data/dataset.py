@@ -80,10 +80,17 @@ def _kaggle_refs(root: Path) -> list[SampleRef]:
 
 def _plain_refs(root: Path) -> list[SampleRef]:
     images_dir, labels_dir = root / "images", root / "labels"
-    refs = []
+    refs: list[SampleRef] = []
+    by_id: dict[str, Path] = {}
     for image_path in sorted(images_dir.iterdir()):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES or not _ours(image_path):
             continue
+        if image_path.stem in by_id:  # a.png and a.tif: one label image for which?
+            raise DatasetError(
+                f"{image_path}: same name as {by_id[image_path.stem].name}, so both would "
+                f"share one label image; rename or remove one"
+            )
+        by_id[image_path.stem] = image_path
         candidates = [labels_dir / f"{image_path.stem}{suffix}" for suffix in LABEL_SUFFIXES]
         label_path = next((c for c in candidates if c.is_file()), None)
         if label_path is None:
