@@ -57,8 +57,10 @@ class _Tracked:
     signature: Signature
     since: float  # time.monotonic() when this signature was first seen
     failed: bool = False  # failed with this signature: retried only once the file changes
-    #: did not decode with this signature: the same bytes are not decoded again each poll
-    undecodable: bool = False
+    #: when a settled file that did not decode is decoded again: once per --settle, not on
+    #: every poll (a stalled copy of a large TIFF), yet not never (a writer may complete it
+    #: without changing its size or mtime)
+    retry_at: float = 0.0
 
 
 class FolderWatcher:
@@ -183,26 +185,27 @@ class FolderWatcher:
                 self._tracked[key] = _Tracked(self._job(path), signature, now)
             elif signature != tracked.signature:
                 tracked.signature, tracked.since = signature, now
-                tracked.failed = tracked.undecodable = False
-            elif not tracked.failed and self._complete(tracked, now - tracked.since):
+                tracked.failed, tracked.retry_at = False, 0.0
+            elif not tracked.failed and self._complete(tracked, now):
                 ready.append(tracked.job)
         for key in self._tracked.keys() - present:
             del self._tracked[key]  # removed before it was done
         return ready
 
-    def _complete(self, tracked: _Tracked, unchanged_for: float) -> bool:
+    def _complete(self, tracked: _Tracked, now: float) -> bool:
         """Settled and decodable, or settled so long that it is time to report it failed."""
+        unchanged_for = now - tracked.since
         if unchanged_for < self.settle:
             return False
         if unchanged_for >= self.settle + self.patience:
             return True
-        if tracked.undecodable:
+        if now < tracked.retry_at:
             return False
         settings = self.settings
         try:
             read_plane(tracked.job.source, settings.page, settings.channel, settings.max_megapixels)
         except Exception:  # truncated, still being written, or bad: not taken yet
-            tracked.undecodable = True
+            tracked.retry_at = now + self.settle
             return False
         return True
 

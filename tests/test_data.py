@@ -69,10 +69,19 @@ def test_label_images_are_taken_as_instance_ids_or_refused() -> None:
 def test_a_foreground_mask_is_not_taken_as_one_nucleus() -> None:
     from edgeseg.data.dataset import instance_labels
 
-    with pytest.raises(DatasetError, match="a.tif: one label value .1. covers 3 separate regions"):
-        instance_labels(Path("a.tif"), np.array([[1, 0, 1, 0, 1]]), (1, 5))
-    cut_by_the_edge = np.array([[1, 0, 1]])  # may be one nucleus: kept
-    assert instance_labels(Path("a.tif"), cut_by_the_edge, (1, 3)).tolist() == [[1, 0, 1]]
+    mask = np.zeros((20, 40), np.int32)
+    for left in (2, 14, 26):
+        mask[5:15, left : left + 10] = 70000  # three nuclei, one value
+    with pytest.raises(DatasetError, match=r"a.tif: one label value \(70000\) covers 3 separate"):
+        instance_labels(Path("a.tif"), mask, mask.shape)
+    one = np.zeros((20, 40), np.uint8)
+    one[2:18, 2:30] = 255
+    one[0, 39] = one[19, 39] = 255  # stray annotation pixels
+    assert instance_labels(Path("a.tif"), one, one.shape).max() == 255
+    cut_by_edges = mask[:, :25] > 0  # a big piece and a small one may be one nucleus
+    cut_by_edges[:, 20:] = False
+    cut_by_edges[0, :] = True
+    assert instance_labels(Path("a.tif"), cut_by_edges, cut_by_edges.shape).max() == 1
 
 
 def test_what_other_tools_leave_in_a_dataset_is_passed_over(kaggle_root: Path) -> None:

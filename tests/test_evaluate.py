@@ -180,12 +180,14 @@ def test_a_foreground_mask_given_as_labels_is_refused(tmp_path, which):
     """A 0/255 mask read as labels would score all nuclei as one, silently."""
     truth = _plain_dataset(tmp_path / "data", count=1)
     _write_predictions(tmp_path / "pred", truth)
-    _, separate = synthetic_nuclei(truth["s0"].shape, count=6, seed=0, touching=False)
+    separate = np.zeros(truth["s0"].shape, np.uint8)
+    for left in (4, 24, 44):
+        separate[10:30, left : left + 12] = 1
     path = {
         "prediction": tmp_path / "pred" / "s0_labels.tif",
         "ground truth": tmp_path / "data" / "labels" / "s0.tif",
     }[which]
-    cv2.imwrite(str(path), np.where(separate > 0, 255, 0).astype(np.uint8))
+    cv2.imwrite(str(path), separate * 255)
     result = _run(
         str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
     )

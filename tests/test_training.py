@@ -383,3 +383,11 @@ def test_a_deeper_unet_records_and_gets_the_tile_multiple_it_needs(tmp_path: Pat
 
     with pytest.raises(ExportError, match="tile 48 is not a multiple of 32"):
         Exporter(bare, tmp_path / "export", ExportSettings(tile=48, overlap=8))
+
+
+def test_an_edited_threshold_file_is_named(tmp_path: Path) -> None:
+    from training.manifest import postprocess_settings
+
+    (tmp_path / "postprocess.json").write_text(json.dumps({"chosen": {"min_area": -1}}))
+    with pytest.raises(ValueError, match=r"postprocess.json: min_area must be 0 or more"):
+        postprocess_settings(tmp_path)

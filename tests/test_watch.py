@@ -203,10 +203,10 @@ def test_partial_files_are_taken_only_when_complete(tmp_path: Path, model: Path)
         assert any(np.array_equal(image, expected) for expected in complete)
 
 
-def test_a_settled_undecodable_file_is_decoded_once_per_version(
+def test_a_settled_undecodable_file_is_decoded_once_per_settle_time(
     tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Polling every second must not decode a huge stalled copy every second."""
+    """Polling every 2 s must not decode a huge stalled copy every 2 s."""
     folder = tmp_path / "in"
     folder.mkdir()
     data = _png(1)
@@ -219,12 +219,18 @@ def test_a_settled_undecodable_file_is_decoded_once_per_version(
         return read_plane(path, *args)
 
     monkeypatch.setattr(edgeseg.watch, "read_plane", counting)
-    watcher = FolderWatcher(folder, Recording(model), BatchSettings(tmp_path / "out"), settle=0)
+    watcher = FolderWatcher(folder, Recording(model), BatchSettings(tmp_path / "out"), settle=0.3)
+    time.sleep(0.3)
     assert [watcher.poll() for _ in range(4)] == [[]] * 4
-    assert decoded == [stalled]
+    assert decoded == [stalled]  # the same bytes, not decoded again at once,
+    time.sleep(0.3)
+    assert watcher.poll() == []
+    assert decoded == [stalled] * 2  # but again after --settle: it may have been completed
     stalled.write_bytes(data)  # the copy went on: a new version, decoded and taken
-    assert [job.source for job in watcher.poll() or watcher.poll()] == [stalled]
-    assert decoded == [stalled, stalled]
+    assert watcher.poll() == []
+    time.sleep(0.3)
+    assert [job.source for job in watcher.poll()] == [stalled]
+    assert decoded == [stalled] * 3
 
 
 def test_undecodable_file_fails_then_is_retried_when_replaced(tmp_path: Path, model: Path) -> None:

@@ -21,10 +21,17 @@ def postprocess_settings(run_dir: Path) -> PostprocessSettings:
     epoch was scored at (training/selection.py), else the defaults."""
     tuned, state = run_dir / "postprocess.json", run_dir / "state.json"
     if tuned.is_file():
-        return PostprocessSettings(**json.loads(tuned.read_text())["chosen"])
+        return _settings_from(tuned, json.loads(tuned.read_text())["chosen"])
     if state.is_file() and "best_settings" in (recorded := json.loads(state.read_text())):
-        return PostprocessSettings(**recorded["best_settings"])
+        return _settings_from(state, recorded["best_settings"])
     return PostprocessSettings()
+
+
+def _settings_from(path: Path, values: dict[str, Any]) -> PostprocessSettings:
+    try:
+        return PostprocessSettings(**values)
+    except (TypeError, ValueError) as error:  # an edited or damaged file: say which
+        raise ValueError(f"{path}: {error}") from error
 
 
 def write_model_manifest(run_dir: Path, nucleus_diameter: dict[str, Any] | None = None) -> Path:

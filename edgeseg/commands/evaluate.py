@@ -88,7 +88,8 @@ def evaluate(
     """Score predicted label images in PRED_DIR against the ground truth in --data.
 
     PRED_DIR holds one uint16 instance label image per sample, <id>_labels.tif (or
-    _labels.png), 0 for background, as most segmentation tools can write.
+    _labels.png), 0 for background, as most segmentation tools can write. A 0/255
+    foreground mask is not one (it would score all nuclei as one) and is refused.
     Every id of the split must have one. Prints the image count and mean per-image scores:
     the DSB2018 score (TP/(TP+FP+FN) averaged over IoU thresholds 0.50-0.95, a match needing
     IoU > threshold), AP, F1, precision and recall at IoU 0.5, foreground pixel IoU, 2-class

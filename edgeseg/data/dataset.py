@@ -146,35 +146,43 @@ def instance_labels(path: Path, labels: np.ndarray, shape: tuple[int, ...]) -> n
         raise DatasetError(f"{path}: label values must be whole numbers, got {labels.dtype}")
     if labels.size and labels.min() < 0:
         raise DatasetError(f"{path}: label values must be >= 0 (0 is background)")
+    reason = binary_mask_reason(labels)
+    if reason:
+        raise DatasetError(f"{path}: {reason}")
     if labels.size and labels.max() > np.iinfo(np.uint16).max:
         ids, inverse = np.unique(labels, return_inverse=True)
         if len(ids) > np.iinfo(np.uint16).max:
             raise DatasetError(f"{path}: {len(ids) - 1} nuclei, more than a uint16 image holds")
         labels = inverse.reshape(labels.shape) + (ids[0] != 0)
-    reason = binary_mask_reason(labels)
-    if reason:
-        raise DatasetError(f"{path}: {reason}")
     return labels.astype(np.uint16)
+
+
+#: Regions smaller than this are stray annotation pixels, not nuclei, to the mask check.
+MASK_REGION_MIN_AREA = 16
 
 
 def binary_mask_reason(labels: np.ndarray) -> str | None:
     """Why ``labels`` looks like a foreground mask rather than instance labels, else None.
 
     A thresholded mask (0/1 or 0/255) read as labels scores every nucleus as one: the numbers
-    come out wrong with nothing to say so. One value over three or more separate regions is
-    taken as such a mask; one or two regions may be a single nucleus cut by the image edge.
+    come out wrong with nothing to say so. One value over three or more nucleus-sized regions,
+    none holding half the foreground, is taken as such a mask; one nucleus with stray pixels
+    or cut in pieces by the image edge is not.
     """
-    values = np.unique(labels)
-    values = values[values != 0]
-    if len(values) != 1:
-        return None
-    regions, _ = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
-    if regions - 1 < 3:
+    top = labels.max(initial=0)
+    if top == 0 or labels.min(where=labels > 0, initial=top) != top:
+        return None  # no nucleus, or two values: instance labels
+    count, _, stats, _ = cv2.connectedComponentsWithStats(
+        (labels > 0).astype(np.uint8), connectivity=8
+    )
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    regions = int((areas >= MASK_REGION_MIN_AREA).sum())
+    if regions < 3 or areas.max() * 2 >= areas.sum():
         return None
     return (
-        f"one label value ({values[0]}) covers {regions - 1} separate regions: a foreground "
+        f"one label value ({top.item():g}) covers {regions} separate regions: a foreground "
         "mask, not an instance label image; give each nucleus its own number "
-        "(e.g. skimage.measure.label) before scoring"
+        "(e.g. skimage.measure.label)"
     )
 
 
