@@ -99,6 +99,8 @@ def _notes(record: Mapping[str, Any]) -> str:
         notes.append("instance model: segments whole images, no tile latency")
     if record["export_check"] == "rejected":
         notes.append("REJECTED by the export accuracy check")
+    elif record["export_check"] == "pending":
+        notes.append("NOT VERIFIED: its export accuracy check never finished")
     notes += [f"params/FLOPs from the {source}" for source in sorted(sources)]
     return "; ".join(notes)
 
@@ -225,8 +227,9 @@ def markdown(result: Mapping[str, Any]) -> str:
         "and mask heads, NMS, mask pasting), whose cost grows with the nuclei found.",
         "- Image ms: decode + normalise + tiled inference + post-processing per image, warm "
         "(the first image is run once untimed first); images/s over the split.",
-        "- Peak RSS: ru_maxrss of a fresh process that loaded the artifact and ran the split "
-        "(before the larger-batch timings). Load s: `load_segmenter` in that fresh process, "
+        "- Peak RSS: peak resident memory (VmHWM on Linux) of a fresh process that loaded the "
+        "artifact and ran the split (before the larger-batch timings). Load s: "
+        "`load_segmenter` in that fresh process, "
         "incl. importing the runtime and checking the sha256.",
         "- Params/FLOPs: from the manifest, else counted on the ONNX graph (Conv, "
         "ConvTranspose, MatMul, Gemm; 2 FLOPs per multiply-add), else n/a. A graph's "

@@ -33,9 +33,19 @@ IMAGE_SIZE = (256, 256)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux, VmHWM: ru_maxrss also counts the parent's memory at the moment it spawned
+    this worker (the kernel keeps the larger of the two across exec), so every row would
+    report at least the harness's own peak. Elsewhere ru_maxrss (KiB, bytes on macOS).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) / 1024
 
 
 def tile_shape(segmenter: Any) -> tuple[int, int]:

@@ -111,8 +111,15 @@ def output_channels(manifest: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Refuse an artifact that failed its accuracy gate at export (edgeseg export)."""
+    """Refuse an artifact that failed its accuracy gate at export (edgeseg export), or whose
+    gate never finished: the manifest is written "pending" before the gate runs, so an
+    export killed or crashed during its check leaves an artifact nobody verified."""
     verification = manifest.get("verification", {})
+    if verification.get("status") == "pending":
+        raise ManifestError(
+            f"{artifact}: its accuracy check at export never finished (the export was "
+            "interrupted or failed); refusing to run it. Export it again"
+        )
     if verification.get("status") == "rejected":
         failed = verification.get("failed")
         failed = ", ".join(map(str, failed)) if isinstance(failed, list) else None

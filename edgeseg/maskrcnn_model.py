@@ -307,7 +307,8 @@ def load_maskrcnn(
     allow_rejected: bool = False,
 ) -> MaskRCNNSegmenter:
     """Load the Mask R-CNN whose manifest is ``path``; every graph is sha256-verified. An
-    export that failed its accuracy gate is refused unless ``allow_rejected``."""
+    export that failed its accuracy gate, or whose gate never finished, is refused unless
+    ``allow_rejected``."""
     path = Path(path)
     manifest = read_maskrcnn_manifest(path)
     if not allow_rejected:

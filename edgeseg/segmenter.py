@@ -144,7 +144,8 @@ def load_segmenter(
 
     ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
     threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling. An artifact
-    that failed its export accuracy gate is refused unless ``allow_rejected`` (benchmarks).
+    that failed its export accuracy gate, or whose gate never finished, is refused unless
+    ``allow_rejected`` (benchmarks, and the gate itself).
     ``test_time_flips`` averages over the image's mirror images (edgeseg.test_time_flips).
     A Mask R-CNN (three graphs) is named by its manifest, ``.../model/maskrcnn.json``; it
     segments whole images, so the tiling options and flip averaging do not apply to it.

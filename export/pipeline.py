@@ -32,6 +32,7 @@ from edgeseg.manifest import (
     manifest_path,
     output_channels,
     read_manifest,
+    refuse_rejected,
     write_manifest,
 )
 from edgeseg.models import is_maskrcnn
@@ -287,6 +288,7 @@ class Exporter(BaseExporter):
         elif suffix == ".onnx":
             self._model = None
             self.source_manifest = read_manifest(self.source)  # refuses a modified file
+            refuse_rejected(self.source, self.source_manifest)  # no engine from a failed ONNX
             target = self.source_manifest.get("target")
             if target not in TARGETS or TARGETS[target].stage != "tensorrt":
                 raise ExportError(

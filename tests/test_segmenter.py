@@ -172,12 +172,21 @@ def test_packaged_models_folder_is_readable() -> None:
     assert all(model.artifact.parent == edgeseg.models.models_dir() for model in list_models())
 
 
-def test_an_artifact_rejected_at_export_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("verification", "message"),
+    [
+        ({"status": "rejected", "failed": ["dsb_score"]}, "dsb_score outside the limits"),
+        ({"status": "pending"}, "accuracy check at export never finished"),  # export killed
+    ],
+)
+def test_an_artifact_rejected_or_unchecked_at_export_is_refused(
+    tmp_path: Path, verification: dict, message: str
+) -> None:
     model = threshold_model(tmp_path / "rejected.onnx")
     manifest = json.loads(manifest_path(model).read_text())
-    manifest["verification"] = {"status": "rejected", "failed": ["dsb_score"]}
+    manifest["verification"] = verification
     manifest_path(model).write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="dsb_score outside the limits"):
+    with pytest.raises(ManifestError, match=f"rejected.onnx: .*{message}"):
         load_segmenter(model)
     assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
 
