@@ -76,8 +76,6 @@ def availability(artifact: Path, fmt: str, backend: str | None) -> str | None:
     The worker still catches BackendUnavailable at load time, so a check missed here becomes
     an unavailable row all the same.
     """
-    if not artifact.is_file():
-        return f"the artifact file {artifact.name} is missing"
     if fmt == "tensorrt":
         if not _installed("tensorrt"):
             return "TensorRT engine: the tensorrt Python module is not installed"
@@ -100,13 +98,23 @@ def availability(artifact: Path, fmt: str, backend: str | None) -> str | None:
 
 
 def _model_files(artifact: Path) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
-    """The manifest and the (file, format) the model is made of; the worker's load verifies."""
+    """The manifest and the (file, format) the model is made of; the worker's load verifies
+    the bytes. A file missing, or a manifest that names none, is a broken model (a failed
+    row), not one this machine cannot run."""
     if artifact.name == MANIFEST_NAME:  # a Mask R-CNN: three graphs named by one manifest
         manifest = read_maskrcnn_manifest(artifact)
-        graphs = manifest["graphs"].values()
-        return manifest, [(artifact.parent / str(g["file"]), str(g["backend"])) for g in graphs]
-    manifest = read_manifest(artifact, verify=False)
-    return manifest, [(artifact, _artifact_format(artifact, manifest))]
+        try:
+            graphs = manifest["graphs"].values()
+            files = [(artifact.parent / str(g["file"]), str(g["backend"])) for g in graphs]
+        except (AttributeError, KeyError, TypeError) as error:
+            raise ManifestError(f"{artifact}: malformed graphs entry ({error!r})") from error
+    else:
+        manifest = read_manifest(artifact, verify=False)
+        files = [(artifact, _artifact_format(artifact, manifest))]
+    for path, _ in files:
+        if not path.is_file():
+            raise ManifestError(f"{path}: missing (its manifest {artifact.name} names it)")
+    return manifest, files
 
 
 def configuration(artifact: Path, model: str | None = None) -> Configuration:

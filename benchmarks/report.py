@@ -22,7 +22,7 @@ NO_TILES = "n/a: whole images"
 MAIN_COLUMNS = (
     "Model",
     "Target",
-    "Test acc. %",
+    "Pixel acc. %",
     "Pixel IoU %",
     "2-class mIoU %",
     "DSB %",
@@ -200,6 +200,12 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"**Accuracy is on {dataset['images']} images only**: not comparable with the "
             "survey's 65-image numbers (a --quick or --images run).",
         ]
+    if Path(dataset["folder"]).name != "stage1_test":
+        lines += [
+            "",
+            f"**Accuracy is on {Path(dataset['folder']).name}, not the held-out stage1_test**: "
+            "the survey rows below are test-set numbers; compare these rows with each other.",
+        ]
     rows = [main_row(record) for record in records]
     rows += [reference_row(row) for row in result["reference"]]
     lines += ["", *_table(MAIN_COLUMNS, rows), ""]
@@ -214,7 +220,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "## How the numbers were measured",
         "",
         "- Accuracy: `edgeseg eval` scores of the label images `Segmenter.segment` wrote "
-        "(what `edgeseg segment` writes); per-image means. Test acc. = pixel accuracy, "
+        "(what `edgeseg segment` writes); per-image means. Pixel acc. = pixel accuracy, "
         "Pixel IoU = foreground IoU (the survey's metric), DSB = mean AP over IoU "
         "0.50-0.95, count err. = mean |predicted - true| nuclei per image.",
         "- Tile ms: `backend.predict` on one tile of the artifact's tile size, warm, median "

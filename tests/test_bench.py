@@ -82,6 +82,7 @@ def test_quick_run_writes_json_markdown_and_plot(bench_run) -> None:
     markdown = (out / "bench.md").read_text()
     assert "| threshold-test | onnx-fp32 |" in markdown
     assert "| U-Net | survey (reported) | 98.0 | 83.0 |" in markdown
+    assert "not the held-out stage1_test" in markdown  # a synthetic folder beside test rows
     assert result["dataset"]["images"] == 4 and result["dataset"]["split_images"] == 5
     assert result["environment"]["cpu"]["logical_cores"] >= 1
     assert [r["model"] for r in result["reference"]] == [
@@ -363,7 +364,13 @@ def test_discover_finds_maskrcnn_manifests_in_runs_and_exports(tmp_path: Path) -
     assert set(configs[1].files) == set(graphs.values()) and configs[1].unavailable is None
     (graphs["mask_head"]).unlink()
     (config,) = discover(tmp_path / "runs" / "maskrcnn" / "export", include_builtin=False)
-    assert "mask_head.onnx is missing" in config.unavailable
+    assert "mask_head.onnx: missing" in config.unavailable
+    assert _base_record(config)["status"] == "failed"  # a broken export, not an absent runtime
+    broken = json.loads(manifest.read_text())
+    del broken["graphs"]["mask_head"]["file"]
+    manifest.write_text(json.dumps(broken))
+    (config,) = discover(tmp_path / "runs" / "maskrcnn" / "export", include_builtin=False)
+    assert "malformed graphs entry" in config.unavailable
     assert discover(artifact_paths=[manifest], include_builtin=False)[0].artifact == manifest
 
 
