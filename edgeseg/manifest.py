@@ -3,7 +3,9 @@ proves the artifact is the one that was verified.
 
 A manifest lives at ``<artifact>.json`` (``unet.onnx`` -> ``unet.onnx.json``) and records
 the artifact's sha256; the runtime refuses to load an artifact whose bytes do not match, so a
-truncated copy or a tampered file can never silently produce wrong nuclei.
+truncated copy or a tampered file can never silently produce wrong nuclei. The manifest
+itself is plain JSON and editable on purpose (thresholds re-tuned for a lab's images): its
+verification record says what the export measured; it is not a signature.
 """
 
 from __future__ import annotations
