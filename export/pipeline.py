@@ -258,7 +258,7 @@ class BaseExporter:
             verification = skipped("no validation images given: accuracy not checked")
         else:
             verification = verify(
-                load_segmenter(path),
+                load_segmenter(path, allow_rejected=True),  # "pending" until judged
                 self.reference,
                 self.settings.max_drop,
                 self.settings.min_agreement,
