@@ -200,10 +200,11 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"**Accuracy is on {dataset['images']} images only**: not comparable with the "
             "survey's 65-image numbers (a --quick or --images run).",
         ]
-    if Path(dataset["folder"]).name != "stage1_test":
+    scored_on = Path(dataset["folder"]).name
+    if scored_on != "stage1_test":
         lines += [
             "",
-            f"**Accuracy is on {Path(dataset['folder']).name}, not the held-out stage1_test**: "
+            f"**Accuracy is on {scored_on}, not the held-out stage1_test**: "
             "the survey rows below are test-set numbers; compare these rows with each other.",
         ]
     rows = [main_row(record) for record in records]

@@ -172,9 +172,7 @@ def binary_mask_reason(labels: np.ndarray) -> str | None:
     top = labels.max(initial=0)
     if top == 0 or labels.min(where=labels > 0, initial=top) != top:
         return None  # no nucleus, or two values: instance labels
-    count, _, stats, _ = cv2.connectedComponentsWithStats(
-        (labels > 0).astype(np.uint8), connectivity=8
-    )
+    _, _, stats, _ = cv2.connectedComponentsWithStats((labels > 0).astype(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     regions = int((areas >= MASK_REGION_MIN_AREA).sum())
     if regions < 3 or areas.max() * 2 >= areas.sum():
