@@ -100,6 +100,21 @@ def foreground_iou(true: np.ndarray, pred: np.ndarray) -> float:
     return _ratio(intersection, union, perfect=True)
 
 
+def pixel_precision_recall(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Foreground pixels: the share of predicted ones that are true, and of true ones found.
+
+    Pixel IoU cannot tell masks drawn too small from masks drawn too big; these two can (a
+    model, or an annotator, whose outlines run tighter than the reference's has high
+    precision and low recall).
+    """
+    true, pred = _check_pair(true, pred)
+    x, y = true > 0, pred > 0
+    intersection = int(np.count_nonzero(x & y))
+    true_area, pred_area = int(np.count_nonzero(x)), int(np.count_nonzero(y))
+    perfect = true_area == 0 and pred_area == 0
+    return _ratio(intersection, pred_area, perfect), _ratio(intersection, true_area, perfect)
+
+
 def mean_iou_2class(true: np.ndarray, pred: np.ndarray) -> float:
     """Mean of foreground and background IoU: what Keras MeanIoU(num_classes=2) reports.
 
@@ -133,9 +148,10 @@ def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def score_image(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """All per-image scores of a predicted label image against the true one.
 
-    Keys: pixel_iou, mean_iou_2class, pixel_accuracy, dsb_score, ap50 (TP/(TP+FP+FN) at IoU >
-    0.5), f1_50, precision_50, recall_50, count_abs_error, and the integer counts n_true,
-    n_pred, tp_50, fp_50, fn_50. See the module docstring for matching and 0/0 rules.
+    Keys: pixel_iou, pixel_precision, pixel_recall, mean_iou_2class, pixel_accuracy,
+    dsb_score, ap50 (TP/(TP+FP+FN) at IoU > 0.5), f1_50, precision_50, recall_50,
+    count_abs_error, and the integer counts n_true, n_pred, tp_50, fp_50, fn_50. See the
+    module docstring for matching and 0/0 rules.
     """
     true, pred = _check_pair(true, pred)
     rows, cols, intersections, true_areas, pred_areas = _overlaps(true, pred)
@@ -147,8 +163,11 @@ def score_image(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     ratios = [_ratio(tp, n_true + n_pred - tp, perfect) for tp in tps]
     tp = int(tps[0])
     fp, fn = n_pred - tp, n_true - tp
+    pixel_precision, pixel_recall = pixel_precision_recall(true, pred)
     return {
         "pixel_iou": foreground_iou(true, pred),
+        "pixel_precision": pixel_precision,
+        "pixel_recall": pixel_recall,
         "mean_iou_2class": mean_iou_2class(true, pred),
         "pixel_accuracy": pixel_accuracy(true, pred),
         "dsb_score": float(np.mean(ratios)),

@@ -26,6 +26,8 @@ from edgeseg.metrics import (
 
 FLOAT_KEYS = (
     "pixel_iou",
+    "pixel_precision",
+    "pixel_recall",
     "mean_iou_2class",
     "pixel_accuracy",
     "dsb_score",
@@ -87,8 +89,11 @@ def reference_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     y = (pred > 0).astype(np.int64)
     fg_iou = _divide(int((x * y).sum()), int((x + y - x * y).sum()), True)
     bg_iou = _divide(int(((1 - x) * (1 - y)).sum()), int((1 - x * y).sum()), True)
+    fg_empty = not x.any() and not y.any()
     return {
         "pixel_iou": fg_iou,
+        "pixel_precision": _divide(int((x * y).sum()), int(y.sum()), fg_empty),
+        "pixel_recall": _divide(int((x * y).sum()), int(x.sum()), fg_empty),
         "mean_iou_2class": (fg_iou + bg_iou) / 2,
         "pixel_accuracy": int((x == y).sum()) / x.size,
         "dsb_score": sum(ratios) / len(ratios),
@@ -138,6 +143,9 @@ def test_two_nuclei_one_matched_at_iou_0_6():
     assert scores["recall_50"] == 0.5
     assert scores["count_abs_error"] == 1.0
     assert (scores["n_true"], scores["n_pred"]) == (2, 1)
+    # 6 predicted pixels, all true; 14 true pixels, 6 found
+    assert scores["pixel_precision"] == 1.0
+    assert scores["pixel_recall"] == pytest.approx(6 / 14)
     assert (scores["tp_50"], scores["fp_50"], scores["fn_50"]) == (1, 0, 1)
     # foreground: 14 true pixels, 6 predicted, all 6 inside -> 6/14; background: 16 true,
     # 24 predicted, 16 shared -> 16/24; 8 of 30 pixels disagree.
@@ -160,7 +168,16 @@ def test_empty_prediction_scores_zero():
     true[1:3, 1:3] = 1
     true[5:7, 5:7] = 2
     scores = score_image(true, np.zeros_like(true))
-    for key in ("pixel_iou", "dsb_score", "ap50", "f1_50", "precision_50", "recall_50"):
+    for key in (
+        "pixel_iou",
+        "pixel_precision",
+        "pixel_recall",
+        "dsb_score",
+        "ap50",
+        "f1_50",
+        "precision_50",
+        "recall_50",
+    ):
         assert scores[key] == 0.0, key
     assert scores["count_abs_error"] == 2.0
     assert (scores["tp_50"], scores["fp_50"], scores["fn_50"]) == (0, 0, 2)
@@ -172,7 +189,16 @@ def test_empty_truth_scores_zero():
     pred = np.zeros((8, 8), np.int32)
     pred[2:4, 2:4] = 5
     scores = score_image(np.zeros_like(pred), pred)
-    for key in ("pixel_iou", "dsb_score", "ap50", "f1_50", "precision_50", "recall_50"):
+    for key in (
+        "pixel_iou",
+        "pixel_precision",
+        "pixel_recall",
+        "dsb_score",
+        "ap50",
+        "f1_50",
+        "precision_50",
+        "recall_50",
+    ):
         assert scores[key] == 0.0, key
     assert (scores["n_true"], scores["n_pred"], scores["fp_50"]) == (0, 1, 1)
 
@@ -367,6 +393,7 @@ def test_property_swapping_truth_and_prediction(pair):
     for key in ("pixel_iou", "mean_iou_2class", "pixel_accuracy", "dsb_score", "ap50", "f1_50"):
         assert forward[key] == pytest.approx(backward[key], abs=1e-12), key
     assert forward["precision_50"] == pytest.approx(backward["recall_50"], abs=1e-12)
+    assert forward["pixel_precision"] == pytest.approx(backward["pixel_recall"], abs=1e-12)
     assert np.array_equal(iou_matrix(true, pred), iou_matrix(pred, true).T)
 
 

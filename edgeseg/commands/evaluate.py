@@ -18,6 +18,8 @@ SUMMARY_ROWS = (
     ("precision_50", "precision@0.5"),
     ("recall_50", "recall@0.5"),
     ("pixel_iou", "foreground pixel IoU"),
+    ("pixel_precision", "foreground pixel precision"),
+    ("pixel_recall", "foreground pixel recall"),
     ("mean_iou_2class", "mean IoU, 2 classes (Keras)"),
 )
 
@@ -92,8 +94,9 @@ def evaluate(
     foreground mask is not one (it would score all nuclei as one) and is refused.
     Every id of the split must have one. Prints the image count and mean per-image scores:
     the DSB2018 score (TP/(TP+FP+FN) averaged over IoU thresholds 0.50-0.95, a match needing
-    IoU > threshold), AP, F1, precision and recall at IoU 0.5, foreground pixel IoU, 2-class
-    mean IoU and the nucleus count error. --json also writes every image's scores.
+    IoU > threshold), AP, F1, precision and recall at IoU 0.5, foreground pixel IoU,
+    precision and recall (recall well under precision: outlines drawn tighter than the
+    ground truth's, or nuclei missed), 2-class mean IoU and the nucleus count error. --json also writes every image's scores.
 
     Example: edgeseg eval predictions/ --data /data/dsb2018 --split test --json scores.json
     """
