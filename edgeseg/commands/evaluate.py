@@ -96,7 +96,8 @@ def evaluate(
     the DSB2018 score (TP/(TP+FP+FN) averaged over IoU thresholds 0.50-0.95, a match needing
     IoU > threshold), AP, F1, precision and recall at IoU 0.5, foreground pixel IoU,
     precision and recall (recall well under precision: outlines drawn tighter than the
-    ground truth's, or nuclei missed), 2-class mean IoU and the nucleus count error. --json also writes every image's scores.
+    ground truth's, or nuclei missed), 2-class mean IoU and the nucleus count error.
+    --json also writes every image's scores.
 
     Example: edgeseg eval predictions/ --data /data/dsb2018 --split test --json scores.json
     """
