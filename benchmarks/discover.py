@@ -11,15 +11,16 @@ TensorRT becomes a row with a reason, never a crash or a made-up number.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgeseg.backends import SUFFIXES
 from edgeseg.backends import artifact_format as _artifact_format
-from edgeseg.manifest import ManifestError, read_manifest
+from edgeseg.manifest import ManifestError, file_sha256, read_manifest
 from edgeseg.maskrcnn_model import MANIFEST_NAME, read_maskrcnn_manifest
 
 #: Every export target of the project, in report order.
@@ -42,7 +43,8 @@ class Configuration:
     """One artifact to benchmark; ``unavailable`` is the reason it cannot run here, or None.
 
     ``files`` are what the model is made of on disk (its size): the artifact, or the graphs
-    a Mask R-CNN manifest names.
+    a Mask R-CNN manifest names. ``copies`` are other paths holding the same files and
+    manifest (the built-in default is a copy of a run's export), benchmarked once as this.
     """
 
     model: str
@@ -52,6 +54,7 @@ class Configuration:
     backend: str | None = None
     unavailable: str | None = None
     files: tuple[Path, ...] = field(default=(), compare=False)
+    copies: tuple[Path, ...] = field(default=(), compare=False)
 
     @property
     def label(self) -> str:
@@ -162,6 +165,27 @@ def _builtin_default() -> Iterable[tuple[Path, str | None]]:
     yield from ((model.artifact, None) for model in list_models() if model.is_default)
 
 
+def _identity(config: Configuration) -> object:
+    """What makes two configurations the same: model name, target, the bytes of its files
+    and its manifest (thresholds, tiling), not the path; for a broken one, its path."""
+    if config.target == UNREADABLE or not config.files:
+        return config.artifact.resolve()
+    try:
+        digests = tuple(file_sha256(path) for path in config.files)
+    except OSError:  # unreadable now: its own row, where the worker will say why
+        return config.artifact.resolve()
+    manifest = json.dumps(config.manifest, sort_keys=True, default=str)
+    return config.model, config.target, digests, manifest
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working folder where it lies below it, as reports show it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def _split(values: Iterable[str]) -> list[str]:
     """Accept ``--targets a,b`` as well as ``--targets a --targets b``."""
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
@@ -174,7 +198,8 @@ def discover(
     targets: Sequence[str] = (),
     include_builtin: bool = True,
 ) -> list[Configuration]:
-    """Every configuration found, filtered by ``models``/``targets``, one per artifact file.
+    """Every configuration found, filtered by ``models``/``targets``, one per model: copies
+    of one artifact (same bytes, same manifest) are one configuration, the first found.
 
     ``artifact_paths`` (folders searched recursively, or artifact files) replace the scan of
     ``runs_dir``. A target asked for by name but found for none of the models becomes an
@@ -192,7 +217,7 @@ def discover(
         sources = list(_run_artifacts(runs_dir)) if runs_dir is not None else []
     if include_builtin:
         sources += list(_builtin_default())
-    found: dict[Path, Configuration] = {}
+    found: dict[object, Configuration] = {}
     for artifact, model in sources:
         try:
             config = configuration(artifact, model)
@@ -200,7 +225,11 @@ def discover(
             config = Configuration(
                 model or artifact.stem, UNREADABLE, artifact, unavailable=str(error)
             )
-        found.setdefault(artifact.resolve(), config)
+        key = _identity(config)
+        first = found.setdefault(key, config)
+        known = {path.resolve() for path in (first.artifact, *first.copies)}
+        if artifact.resolve() not in known:
+            found[key] = replace(first, copies=(*first.copies, _shown(artifact)))
     named = {c.model for c in found.values()}
     unreadable = any(c.target == UNREADABLE for c in found.values())  # may be the one asked for
     if (unknown := [model for model in models if model not in named]) and not unreadable:

@@ -73,6 +73,7 @@ def _base_record(config: Configuration) -> dict[str, Any]:
         "model": config.model,
         "target": config.target,
         "artifact": str(config.artifact),
+        "copies": [str(path) for path in config.copies],  # the same bytes, benchmarked once
         "backend": config.backend,
         "export_check": verification.get("status"),  # the export gate's verdict, if any
         # an artifact whose manifest cannot be read is broken, not merely unsupported here

@@ -2,6 +2,8 @@
 
 End-to-end ms per image (decode + inference + post-processing) is on the x axis because it
 is what a user waits for; marker area is peak memory, colour the model, shape the target.
+An artifact whose export accuracy check failed or never finished is drawn hollow and left
+off the front: `edgeseg segment` refuses it, so it is no trade-off a user can choose.
 The survey's published IoUs are dotted reference lines (they have no latency).
 """
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+UNVERIFIED = ("rejected", "pending")  # export_check values that segment refuses to run
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -26,6 +29,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(index)
     return sorted(front, key=lambda index: (points[index][0], -points[index][1]))
+
+
+def runnable_front(points: Sequence[tuple[float, float]], runnable: Sequence[bool]) -> list[int]:
+    """The Pareto front among the points a user can run (indices into ``points``): a
+    configuration `edgeseg segment` refuses must not push usable ones off the front."""
+    candidates = [index for index, ok in enumerate(runnable) if ok]
+    return [candidates[i] for i in pareto_front([points[i] for i in candidates])]
 
 
 def _marker_area(rss_mb: float) -> float:
@@ -52,18 +62,20 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
         (r["latency"]["end_to_end"]["median_ms"], 100 * r["accuracy"]["pixel_iou"]) for r in records
     ]
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=120)
-    for record, (x, y) in zip(records, points, strict=True):
+    runnable = [r.get("export_check") not in UNVERIFIED for r in records]
+    for record, (x, y), ok in zip(records, points, runnable, strict=True):
+        colour = colours[record["model"]]
         axes.scatter(
             x,
             y,
             s=_marker_area(record["memory"]["peak_rss_mb"]),
-            c=colours[record["model"]],
+            c=colour if ok else "none",
             marker=shapes[record["target"]],
-            edgecolors="black",
-            linewidths=0.5,
+            edgecolors="black" if ok else colour,
+            linewidths=0.5 if ok else 1.5,
             zorder=3,
         )
-    front = pareto_front(points)
+    front = runnable_front(points, runnable)
     if front:
         axes.plot(
             [points[i][0] for i in front],
@@ -99,9 +111,21 @@ def write_plot(result: Mapping[str, Any], path: Path) -> None:
     handles = [
         Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in models
     ] + [
-        Line2D([], [], marker=shapes[t], linestyle="", color="black", fillstyle="none", label=t)
+        Line2D([], [], marker=shapes[t], linestyle="", color="lightgrey", mec="black", label=t)
         for t in targets
     ]
+    if not all(runnable):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                color="grey",
+                fillstyle="none",
+                label="hollow: export check\nfailed or unfinished",
+            )
+        )
     if handles:
         axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     axes.grid(True, which="both", alpha=0.3)

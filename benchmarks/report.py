@@ -92,9 +92,12 @@ def _notes(record: Mapping[str, Any]) -> str:
         return f"failed: {record['reason'].splitlines()[-1]} (see bench.json)"
     sources = {record["params_source"], record["flops_source"]} - {"n/a", "manifest"}
     artifact = Path(record["artifact"])
-    builtin = artifact.resolve().parent == models_dir().resolve()
+    copies = [Path(path) for path in record.get("copies", [])]
+    builtin = any(path.resolve().parent == models_dir().resolve() for path in [artifact, *copies])
     where = "the built-in default model, " if builtin else ""
     notes = [f"{where}{artifact.name} on {record['backend']}"]
+    if copies:
+        notes.append("the same file as " + ", ".join(map(str, copies)))
     if record["latency"]["model"] is None:
         notes.append("instance model: segments whole images, no tile latency")
     if record["export_check"] == "rejected":

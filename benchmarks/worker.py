@@ -126,7 +126,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         segmenter = load_segmenter(
-            spec["artifact"], spec.get("backend"), spec.get("threads"), allow_rejected=True
+            spec["artifact"], spec.get("backend"), spec.get("threads"), allow_unverified=True
         )
     except BackendUnavailable as error:
         return {"status": "unavailable", "reason": str(error)}

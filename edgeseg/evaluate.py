@@ -114,6 +114,13 @@ def evaluate_folder(
         pred = read_image(path)
         if pred.size == 0:  # tifffile reads a damaged file as nothing, with a warning
             raise EvaluationError(f"{path}: no pixels could be read (damaged or truncated?)")
+        if pred.ndim == 3 and pred.shape[2] in (3, 4) and path.suffix.lower() == ".png":
+            # OpenCV reads a palette (indexed) PNG as its colours
+            raise EvaluationError(
+                f"{path}: a colour image ({pred.shape[2]} channels), not a label image; label "
+                "images hold one id per pixel (a palette PNG is read as its colours: save the "
+                "labels as a 16-bit TIFF or gray PNG)"
+            )
         if pred.ndim != 2:
             raise EvaluationError(f"{path}: expected a 2-D label image, got shape {pred.shape}")
         reason = binary_mask_reason(pred)

@@ -112,7 +112,7 @@ def output_channels(manifest: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(manifest.get("output_channels", OUTPUT_CHANNELS))
 
 
-def refuse_rejected(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
+def refuse_unverified(artifact: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Refuse an artifact that failed its accuracy gate at export (edgeseg export), or whose
     gate never finished: the manifest is written "pending" before the gate runs, so an
     export killed or crashed during its check leaves an artifact nobody verified."""

@@ -36,7 +36,7 @@ from edgeseg.backends.base import (
     read_verified,
     to_input,
 )
-from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_rejected
+from edgeseg.manifest import FORMAT_VERSION, ManifestError, file_sha256, refuse_unverified
 from edgeseg.maskrcnn import MaskRCNN, MaskRCNNConfig, Stage
 from edgeseg.preprocess import normalize, preprocessing
 from edgeseg.rescale import MAX_MEGAPIXELS, Diameter, segment_at_diameter
@@ -304,15 +304,15 @@ def load_maskrcnn(
     path: str | os.PathLike,
     backend: str | None = None,
     threads: int | None = None,
-    allow_rejected: bool = False,
+    allow_unverified: bool = False,
 ) -> MaskRCNNSegmenter:
     """Load the Mask R-CNN whose manifest is ``path``; every graph is sha256-verified. An
     export that failed its accuracy gate, or whose gate never finished, is refused unless
-    ``allow_rejected``."""
+    ``allow_unverified``."""
     path = Path(path)
     manifest = read_maskrcnn_manifest(path)
-    if not allow_rejected:
-        refuse_rejected(path, manifest)
+    if not allow_unverified:
+        refuse_unverified(path, manifest)
     try:  # before three graphs are loaded for nothing
         preprocessing(manifest)
     except ManifestError as error:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.backends import Backend, load_backend
-from edgeseg.manifest import ManifestError, output_channels, read_manifest, refuse_rejected
+from edgeseg.manifest import ManifestError, output_channels, read_manifest, refuse_unverified
 from edgeseg.maskrcnn_model import MaskRCNNSegmenter, load_maskrcnn
 from edgeseg.models import is_maskrcnn, resolve_model
 from edgeseg.postprocess import PostprocessSettings, labels_from_maps
@@ -137,7 +137,7 @@ def load_segmenter(
     *,
     overlap: int | None = None,
     batch_size: int | None = None,
-    allow_rejected: bool = False,
+    allow_unverified: bool = False,
     test_time_flips: bool = False,
 ) -> Segmenter | MaskRCNNSegmenter:
     """Load a built-in model by name (None: the default) or an exported artifact by path.
@@ -145,7 +145,7 @@ def load_segmenter(
     ``backend`` forces a runtime (see edgeseg.backends.BACKENDS), ``threads`` caps CPU
     threads, ``tile``/``overlap``/``batch_size`` override the manifest's tiling. An artifact
     that failed its export accuracy gate, or whose gate never finished, is refused unless
-    ``allow_rejected`` (benchmarks, and the gate itself).
+    ``allow_unverified`` (benchmarks, and the gate itself).
     ``test_time_flips`` averages over the image's mirror images (edgeseg.test_time_flips).
     A Mask R-CNN (three graphs) is named by its manifest, ``.../model/maskrcnn.json``; it
     segments whole images, so the tiling options and flip averaging do not apply to it.
@@ -158,11 +158,11 @@ def load_segmenter(
                 "and test-time flips do not apply"
             )
         return load_maskrcnn(
-            artifact, backend=backend, threads=threads, allow_rejected=allow_rejected
+            artifact, backend=backend, threads=threads, allow_unverified=allow_unverified
         )
     manifest = read_manifest(artifact, verify=False)  # load_backend verifies the bytes it loads
-    if not allow_rejected:
-        refuse_rejected(artifact, manifest)
+    if not allow_unverified:
+        refuse_unverified(artifact, manifest)
     engine = load_backend(artifact, manifest, backend=backend, threads=threads)
     if tile is not None and engine.input_size not in (None, (tile, tile)):
         height, width = engine.input_size

@@ -32,7 +32,7 @@ from edgeseg.manifest import (
     manifest_path,
     output_channels,
     read_manifest,
-    refuse_rejected,
+    refuse_unverified,
     write_manifest,
 )
 from edgeseg.models import is_maskrcnn
@@ -44,6 +44,7 @@ from export.calibration import Calibration, calibration_tiles
 from export.targets import TARGETS, Target
 from export.verify import (
     MIN_MASK_AGREEMENT,
+    REPORTED,
     Reference,
     SegmentsImages,
     held_out_evaluation,
@@ -249,7 +250,24 @@ class BaseExporter:
     def reference(self) -> Reference | None:
         if not self._validation_samples:
             return None
-        return Reference(self._source_segmenter(), self._validation_samples, self._validation_label)
+        reference = Reference(
+            self._source_segmenter(), self._validation_samples, self._validation_label
+        )
+        reference.recorded = self._recorded_reference(reference)
+        return reference
+
+    def _recorded_reference(self, reference: Reference) -> dict[str, float] | None:
+        """Scores of the model the source was converted from, on the same images decoded the
+        same way, when the source's manifest recorded them (a TensorRT-ready ONNX's gate did)."""
+        recorded = self.source_manifest.get("verification") or {}
+        scores = recorded.get("reference")
+        usable = (
+            recorded.get("status") == "passed"
+            and all(recorded.get(key) == value for key, value in reference.images.items())
+            and isinstance(scores, dict)
+            and all(isinstance(scores.get(key), int | float) for key in REPORTED)
+        )
+        return {key: float(scores[key]) for key in REPORTED} if usable else None
 
     def _judged(self, path: Path) -> dict[str, Any]:
         """Run the artifact whose manifest is written (verification "pending") through the
@@ -258,14 +276,14 @@ class BaseExporter:
             verification = skipped("no validation images given: accuracy not checked")
         else:
             verification = verify(
-                load_segmenter(path, allow_rejected=True),  # "pending" until judged
+                load_segmenter(path, allow_unverified=True),  # "pending" until judged
                 self.reference,
                 self.settings.max_drop,
                 self.settings.min_agreement,
             )
         judged: dict[str, Any] = {"verification": verification}
         if self._test_samples:
-            segmenter = load_segmenter(path, allow_rejected=True)
+            segmenter = load_segmenter(path, allow_unverified=True)
             judged["evaluation"] = held_out_evaluation(
                 segmenter, self._test_samples, self._test_label
             )
@@ -288,7 +306,7 @@ class Exporter(BaseExporter):
         elif suffix == ".onnx":
             self._model = None
             self.source_manifest = read_manifest(self.source)  # refuses a modified file
-            refuse_rejected(self.source, self.source_manifest)  # no engine from a failed ONNX
+            refuse_unverified(self.source, self.source_manifest)  # no engine from a failed ONNX
             target = self.source_manifest.get("target")
             if target not in TARGETS or TARGETS[target].stage != "tensorrt":
                 raise ExportError(

@@ -21,7 +21,7 @@ from tiny_models import threshold_model
 from benchmarks.complexity import complexity, from_onnx
 from benchmarks.discover import discover
 from benchmarks.harness import _base_record, _run_worker
-from benchmarks.plot import pareto_front
+from benchmarks.plot import pareto_front, runnable_front, write_plot
 from edgeseg.cli import main
 from edgeseg.imageio import read_plane, write_labels
 from edgeseg.manifest import write_manifest
@@ -188,6 +188,33 @@ def test_pareto_front_on_hand_made_points() -> None:
     assert pareto_front([]) == []
 
 
+def test_an_artifact_segment_refuses_is_not_on_the_front() -> None:
+    points = [(10.0, 0.70), (5.0, 0.80), (20.0, 0.75)]  # the fast, accurate one was rejected
+    assert runnable_front(points, [True, False, True]) == [0, 2]
+    assert runnable_front(points, [False, False, False]) == []
+
+
+def test_plot_draws_a_rejected_artifact_without_error(tmp_path: Path) -> None:
+    def record(target: str, check: str | None) -> dict:
+        return {
+            "status": "ok",
+            "model": "unet",
+            "target": target,
+            "export_check": check,
+            "latency": {"end_to_end": {"median_ms": 12.0}},
+            "accuracy": {"pixel_iou": 0.7},
+            "memory": {"peak_rss_mb": 90.0},
+        }
+
+    result = {
+        "records": [record("onnx-fp32", "passed"), record("onnx-int8", "rejected")],
+        "reference": [],
+        "dataset": {"images": 2},
+    }
+    write_plot(result, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_discover_reads_run_folders_and_reports_missing_targets(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "unet"
     threshold_model(run / "export" / "unet-onnx-fp32.onnx")
@@ -198,6 +225,44 @@ def test_discover_reads_run_folders_and_reports_missing_targets(tmp_path: Path) 
         ("unet", "onnx-int8", False),
     ]
     assert "no onnx-int8 artifact" in configs[1].unavailable
+
+
+def test_copies_of_one_artifact_are_benchmarked_once(tmp_path: Path) -> None:
+    first = threshold_model(tmp_path / "a" / "threshold.onnx")
+    copy = tmp_path / "b" / "threshold.onnx"
+    copy.parent.mkdir()
+    for suffix in ("", ".json"):
+        shutil.copyfile(f"{first}{suffix}", f"{copy}{suffix}")
+    folders = [tmp_path / "a", tmp_path / "b", tmp_path / "b"]  # one folder named twice
+    (config,) = discover(artifact_paths=folders, include_builtin=False)
+    assert (config.artifact, config.copies) == (first, (copy,))
+    assert _base_record(config)["copies"] == [str(copy)]
+    manifest = json.loads(Path(f"{copy}.json").read_text())
+    manifest["postprocess"]["min_area"] += 1  # same bytes, other thresholds: another model
+    Path(f"{copy}.json").write_text(json.dumps(manifest))
+    found = discover(artifact_paths=[tmp_path / "a", tmp_path / "b"], include_builtin=False)
+    assert [c.artifact for c in found] == [first, copy]
+
+
+def test_a_copy_of_the_built_in_model_is_named_in_its_row() -> None:
+    from benchmarks.report import _notes
+    from edgeseg.models import models_dir
+
+    builtin = models_dir() / "default-onnx-int8.onnx"
+    record = {
+        "status": "ok",
+        "artifact": "training/runs/unet/export/unet-onnx-int8.onnx",
+        "copies": [str(builtin)],
+        "backend": "onnx",
+        "params_source": "manifest",
+        "flops_source": "manifest",
+        "latency": {"model": 1.0},
+        "export_check": "passed",
+    }
+    notes = _notes(record)
+    assert notes.startswith("the built-in default model, unet-onnx-int8.onnx on onnx")
+    assert f"the same file as {builtin}" in notes
+    assert "built-in" not in _notes({**record, "copies": []})
 
 
 def test_an_artifacts_folder_without_models_is_refused(tmp_path: Path) -> None:

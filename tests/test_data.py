@@ -84,6 +84,22 @@ def test_a_foreground_mask_is_not_taken_as_one_nucleus() -> None:
     assert instance_labels(Path("a.tif"), cut_by_edges, cut_by_edges.shape).max() == 1
 
 
+def test_a_class_mask_is_not_taken_as_two_nuclei() -> None:
+    from edgeseg.data.dataset import instance_labels
+
+    lefts = range(2, 74, 12)  # six nuclei
+    classes = np.zeros((20, 80), np.uint8)
+    for left in lefts:
+        classes[5:15, left : left + 10] = 2  # boundary
+        classes[6:14, left + 1 : left + 9] = 1  # interior
+    with pytest.raises(DatasetError, match=r"a.tif: 2 label values \(1, 2\) cover 6 separate"):
+        instance_labels(Path("a.tif"), classes, classes.shape)
+    pairs = classes.copy()  # three numbers over six regions: labels, if oddly cut
+    for number, left in enumerate(lefts, start=1):
+        pairs[5:15, left : left + 10] = (number + 1) // 2
+    assert instance_labels(Path("a.tif"), pairs, pairs.shape).max() == 3
+
+
 def test_what_other_tools_leave_in_a_dataset_is_passed_over(kaggle_root: Path) -> None:
     """A dataset unzipped on a Mac or opened in Jupyter still reads as before."""
     expected = find_samples(kaggle_root)

@@ -163,6 +163,38 @@ def test_wrong_prediction_shape_is_named(tmp_path):
     assert f"{truth['s0'].shape}" in result.output and "(10, 10)" in result.output
 
 
+def test_a_palette_png_is_named_as_colour_not_labels(tmp_path):
+    from PIL import Image
+
+    truth = _plain_dataset(tmp_path / "data", count=1)
+    path = tmp_path / "pred" / "s0_labels.png"
+    path.parent.mkdir()
+    indexed = Image.fromarray(truth["s0"].astype(np.uint8), mode="P")
+    indexed.putpalette([value for index in range(256) for value in (index, 255 - index, 0)])
+    indexed.save(path)
+    result = _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert f"{path}: a colour image (3 channels)" in result.output
+    assert "palette PNG" in result.output
+
+
+def test_a_stack_of_label_images_is_named_by_its_shape(tmp_path):
+    import tifffile
+
+    truth = _plain_dataset(tmp_path / "data", count=1)
+    path = tmp_path / "pred" / "s0_labels.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, np.stack([truth["s0"]] * 3).astype(np.uint16))
+    result = _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert f"{path}: expected a 2-D label image, got shape (3, " in result.output
+    assert "colour" not in result.output
+
+
 def test_a_damaged_prediction_is_named_as_unreadable(tmp_path):
     _plain_dataset(tmp_path / "data", count=1)
     path = tmp_path / "pred" / "s0_labels.tif"

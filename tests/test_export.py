@@ -322,6 +322,26 @@ def test_tensorrt_engine_is_built_and_verified(exporter) -> None:
     assert engine.verification["status"] == "passed"
 
 
+def test_an_engine_is_gated_against_the_fp32_scores_its_onnx_recorded(
+    exporter, tmp_path: Path
+) -> None:
+    """The engine is built from the TensorRT-ready ONNX, often on a machine without
+    TensorFlow; its gate must still measure drops from the FP32 model, not from the ONNX,
+    or two conversions could each lose max_drop."""
+    from export.pipeline import Exporter, ExportSettings
+    from export.targets import TARGETS
+
+    onnx_path = exporter.export(TARGETS["trt-fp16"]).artifacts[0].path
+    recorded = read_manifest(onnx_path)["verification"]
+    assert recorded["status"] == "passed"
+    settings = ExportSettings(tile=TILE, overlap=8)
+    again = Exporter(onnx_path, tmp_path, settings, validation_samples=VALIDATION)
+    assert again.reference.recorded == again.reference.expected == recorded["reference"]
+    elsewhere = Exporter(onnx_path, tmp_path, settings, validation_samples=VALIDATION[::-1][:2])
+    assert elsewhere.reference.recorded is None  # other images: the ONNX's own scores
+    assert elsewhere.reference.expected == elsewhere.reference.scores
+
+
 def test_a_hematoxylin_model_is_calibrated_and_exported_as_trained(
     source: Path, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from conftest import synthetic_nuclei
 
 from edgeseg.data.dataset import Sample
+from edgeseg.metrics import score_image
 from edgeseg.preprocess import normalize
 from export.calibration import calibration_tiles
 from export.targets import TARGETS, resolve_targets
@@ -111,6 +112,24 @@ def test_an_artifact_that_disagrees_with_its_source_is_rejected_even_if_it_score
     assert result["mask_agreement"] < MIN_MASK_AGREEMENT
     assert (result["status"], result["failed"]) == ("rejected", ["mask_agreement"])
     assert verify(_Fixed(np.roll(truth, 9, axis=1)), source, max_drop=1.0)["status"] == "passed"
+
+
+def test_recorded_scores_of_the_original_model_set_the_bar() -> None:
+    """An engine gated against its ONNX alone could lose max_drop on top of the ONNX's own
+    loss; against the FP32 scores the ONNX recorded, the two losses add up."""
+    from export.verify import Reference, verify
+
+    image, truth = synthetic_nuclei((96, 96), count=16, seed=1, touching=False)
+    samples = [Sample("a", image, truth)]
+    onnx = _Fixed(np.where(truth == 5, 0, truth))  # lost one small nucleus in conversion
+    engine = _Fixed(np.where(np.isin(truth, [5, 7]), 0, truth))  # and another one
+    against_onnx = verify(engine, Reference(onnx, samples, "test"), max_drop=10.0)
+    assert against_onnx["status"] == "passed" and against_onnx["reference_model"] == "the source"
+    fp32 = score_image(truth, truth)  # what the ONNX's gate recorded for the FP32 model
+    result = verify(engine, Reference(onnx, samples, "test", recorded=fp32), max_drop=10.0)
+    assert (result["status"], result["failed"]) == ("rejected", ["dsb_score"])
+    assert result["reference"]["pixel_iou"] == 1.0 and "converted" in result["reference_model"]
+    assert result["ids_sha256"] == Reference(onnx, samples, "x").images["ids_sha256"]
 
 
 def test_a_source_is_a_model_file_a_run_folder_or_a_run_name(

@@ -261,7 +261,7 @@ def test_cli_gate_rejects_a_broken_export(
     assert manifest["verification"]["artifact"]["pixel_iou"] == 0.0
     with pytest.raises(ManifestError, match="failed its accuracy check"):
         load_segmenter(manifest_path)
-    labels = load_segmenter(manifest_path, allow_rejected=True).segment(VALIDATION[0].image)
+    labels = load_segmenter(manifest_path, allow_unverified=True).segment(VALIDATION[0].image)
     assert not labels.any()  # kept for inspection: it runs, and finds nothing
 
 

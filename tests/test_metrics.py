@@ -38,6 +38,17 @@ FLOAT_KEYS = (
     "count_abs_error",
 )
 INT_KEYS = ("n_true", "n_pred", "tp_50", "fp_50", "fn_50")
+#: Scores that are 0 when an image has nuclei only in the truth or only in the prediction.
+ZERO_WHEN_NOTHING_MATCHES = (
+    "pixel_iou",
+    "pixel_precision",
+    "pixel_recall",
+    "dsb_score",
+    "ap50",
+    "f1_50",
+    "precision_50",
+    "recall_50",
+)
 
 
 # --- independent reference: loops over instance pairs, exact fractions, Kaggle-style counting ---
@@ -168,16 +179,7 @@ def test_empty_prediction_scores_zero():
     true[1:3, 1:3] = 1
     true[5:7, 5:7] = 2
     scores = score_image(true, np.zeros_like(true))
-    for key in (
-        "pixel_iou",
-        "pixel_precision",
-        "pixel_recall",
-        "dsb_score",
-        "ap50",
-        "f1_50",
-        "precision_50",
-        "recall_50",
-    ):
+    for key in ZERO_WHEN_NOTHING_MATCHES:
         assert scores[key] == 0.0, key
     assert scores["count_abs_error"] == 2.0
     assert (scores["tp_50"], scores["fp_50"], scores["fn_50"]) == (0, 0, 2)
@@ -189,16 +191,7 @@ def test_empty_truth_scores_zero():
     pred = np.zeros((8, 8), np.int32)
     pred[2:4, 2:4] = 5
     scores = score_image(np.zeros_like(pred), pred)
-    for key in (
-        "pixel_iou",
-        "pixel_precision",
-        "pixel_recall",
-        "dsb_score",
-        "ap50",
-        "f1_50",
-        "precision_50",
-        "recall_50",
-    ):
+    for key in ZERO_WHEN_NOTHING_MATCHES:
         assert scores[key] == 0.0, key
     assert (scores["n_true"], scores["n_pred"], scores["fp_50"]) == (0, 1, 1)
 

@@ -188,7 +188,7 @@ def test_an_artifact_rejected_or_unchecked_at_export_is_refused(
     manifest_path(model).write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=f"rejected.onnx: .*{message}"):
         load_segmenter(model)
-    assert load_segmenter(model, allow_rejected=True).segment(np.zeros((32, 32))).max() == 0
+    assert load_segmenter(model, allow_unverified=True).segment(np.zeros((32, 32))).max() == 0
 
 
 @pytest.mark.parametrize("made_for", [{"name": "zscore"}, {"version": 2}])

@@ -23,9 +23,9 @@ from edgeseg.data.dataset import DatasetError, Sample, SampleRef, find_samples, 
 DEFAULT_CACHE_DIR = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
 #: Part of every cache key: raise it whenever edgeseg.data decodes samples differently (2:
 #: ground-truth ids past 65535 renumbered, fractional or negative labels refused; 3: masks
-#: drawn in any colour channel; 4: foreground masks given as label images refused), so caches
-#: made by older code are rebuilt instead of served.
-DECODE_VERSION = 4
+#: drawn in any colour channel; 4: foreground masks given as label images refused; 5: class
+#: masks too), so caches made by older code are rebuilt instead of served.
+DECODE_VERSION = 5
 
 
 def content_hash(root: Path, refs: Iterable[SampleRef]) -> str:

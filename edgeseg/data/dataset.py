@@ -161,26 +161,48 @@ def instance_labels(path: Path, labels: np.ndarray, shape: tuple[int, ...]) -> n
 MASK_REGION_MIN_AREA = 16
 
 
-def binary_mask_reason(labels: np.ndarray) -> str | None:
-    """Why ``labels`` looks like a foreground mask rather than instance labels, else None.
+def _few_values(values: np.ndarray, most: int) -> np.ndarray | None:
+    """The distinct values, in increasing order, or None when there are more than ``most``:
+    a few linear passes instead of sorting every foreground pixel of a large image."""
+    found = []
+    while values.size:
+        if len(found) == most:
+            return None
+        found.append(values.min())
+        values = values[values != found[-1]]
+    return np.array(found, dtype=values.dtype)
 
-    A thresholded mask (0/1 or 0/255) read as labels scores every nucleus as one: the numbers
-    come out wrong with nothing to say so. One value over three or more nucleus-sized regions,
-    none holding half the foreground, is taken as such a mask; one nucleus with stray pixels
-    or cut in pieces by the image edge is not.
+
+def binary_mask_reason(labels: np.ndarray) -> str | None:
+    """Why ``labels`` looks like a foreground or class mask rather than instance labels,
+    else None.
+
+    A thresholded mask (0/1 or 0/255), or a class map (1 interior, 2 boundary), read as
+    labels scores every nucleus as one: the numbers come out wrong with nothing to say so.
+    At least three nucleus-sized regions, none holding half the foreground, and three times
+    as many regions as label values are taken as such a mask: instance labels give every
+    nucleus its own value. One nucleus with stray pixels or cut in pieces by the image edge
+    is not.
     """
-    top = labels.max(initial=0)
-    if top == 0 or labels.min(where=labels > 0, initial=top) != top:
-        return None  # no nucleus, or two values: instance labels
+    values = _few_values(labels[labels > 0], most=3)
+    if values is None or not values.size:  # many nuclei, or none
+        return None
     _, _, stats, _ = cv2.connectedComponentsWithStats((labels > 0).astype(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     regions = int((areas >= MASK_REGION_MIN_AREA).sum())
-    if regions < 3 or areas.max() * 2 >= areas.sum():
+    if regions < 3 or regions < 3 * values.size or areas.max() * 2 >= areas.sum():
         return None
+    if values.size == 1:
+        return (
+            f"one label value ({values[0].item():g}) covers {regions} separate regions: a "
+            "foreground mask, not an instance label image; give each nucleus its own number "
+            "(e.g. skimage.measure.label)"
+        )
+    listed = ", ".join(f"{value.item():g}" for value in values)
     return (
-        f"one label value ({top.item():g}) covers {regions} separate regions: a foreground "
-        "mask, not an instance label image; give each nucleus its own number "
-        "(e.g. skimage.measure.label)"
+        f"{values.size} label values ({listed}) cover {regions} separate regions: a class "
+        "mask (e.g. interior and boundary), not an instance label image; give each nucleus "
+        "its own number"
     )
 
 
