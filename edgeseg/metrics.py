@@ -91,13 +91,17 @@ def _overlaps(
     return keys // width - 1, keys % width - 1, intersections, true_areas, pred_areas
 
 
-def foreground_iou(true: np.ndarray, pred: np.ndarray) -> float:
-    """Pixel IoU of the foreground: I = sum XY, U = sum X + Y - XY; 1.0 when both are empty."""
+def _foreground_counts(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
+    """Foreground (label > 0) pixel counts: in both, in the truth, in the prediction."""
     true, pred = _check_pair(true, pred)
     x, y = true > 0, pred > 0
-    intersection = int(np.count_nonzero(x & y))
-    union = int(np.count_nonzero(x)) + int(np.count_nonzero(y)) - intersection
-    return _ratio(intersection, union, perfect=True)
+    return int(np.count_nonzero(x & y)), int(np.count_nonzero(x)), int(np.count_nonzero(y))
+
+
+def foreground_iou(true: np.ndarray, pred: np.ndarray) -> float:
+    """Pixel IoU of the foreground: I = sum XY, U = sum X + Y - XY; 1.0 when both are empty."""
+    intersection, true_area, pred_area = _foreground_counts(true, pred)
+    return _ratio(intersection, true_area + pred_area - intersection, perfect=True)
 
 
 def pixel_precision_recall(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -107,10 +111,7 @@ def pixel_precision_recall(true: np.ndarray, pred: np.ndarray) -> tuple[float, f
     model, or an annotator, whose outlines run tighter than the reference's has high
     precision and low recall).
     """
-    true, pred = _check_pair(true, pred)
-    x, y = true > 0, pred > 0
-    intersection = int(np.count_nonzero(x & y))
-    true_area, pred_area = int(np.count_nonzero(x)), int(np.count_nonzero(y))
+    intersection, true_area, pred_area = _foreground_counts(true, pred)
     perfect = true_area == 0 and pred_area == 0
     return _ratio(intersection, pred_area, perfect), _ratio(intersection, true_area, perfect)
 

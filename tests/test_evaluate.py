@@ -65,6 +65,13 @@ def _run(*args: str):
     return CliRunner().invoke(main, ["eval", *args], catch_exceptions=False)
 
 
+def _run_on(tmp_path: Path):
+    """`edgeseg eval` of tmp_path/pred against tmp_path/data, caching in tmp_path."""
+    return _run(
+        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
+    )
+
+
 def test_eval_writes_json_equal_to_direct_scores(tmp_path):
     truth = _plain_dataset(tmp_path / "data")
     predictions = _write_predictions(tmp_path / "pred", truth)
@@ -155,9 +162,7 @@ def test_missing_prediction_is_named(tmp_path):
 def test_wrong_prediction_shape_is_named(tmp_path):
     truth = _plain_dataset(tmp_path / "data", count=1)
     write_labels(tmp_path / "pred" / "s0_labels.tif", np.zeros((10, 10), np.uint16))
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert "s0_labels.tif" in result.output
     assert f"{truth['s0'].shape}" in result.output and "(10, 10)" in result.output
@@ -172,9 +177,7 @@ def test_a_palette_png_is_named_as_colour_not_labels(tmp_path):
     indexed = Image.fromarray(truth["s0"].astype(np.uint8), mode="P")
     indexed.putpalette([value for index in range(256) for value in (index, 255 - index, 0)])
     indexed.save(path)
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert f"{path}: a colour image (3 channels)" in result.output
     assert "palette PNG" in result.output
@@ -187,9 +190,7 @@ def test_a_stack_of_label_images_is_named_by_its_shape(tmp_path):
     path = tmp_path / "pred" / "s0_labels.tif"
     path.parent.mkdir()
     tifffile.imwrite(path, np.stack([truth["s0"]] * 3).astype(np.uint16))
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert f"{path}: expected a 2-D label image, got shape (3, " in result.output
     assert "colour" not in result.output
@@ -200,9 +201,7 @@ def test_a_damaged_prediction_is_named_as_unreadable(tmp_path):
     path = tmp_path / "pred" / "s0_labels.tif"
     path.parent.mkdir()
     path.write_bytes(b"II*\x00garbage")  # a TIFF header and nothing tifffile can use
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert f"{path}: " in result.output and "shape" not in result.output
 
@@ -220,9 +219,7 @@ def test_a_foreground_mask_given_as_labels_is_refused(tmp_path, which):
         "ground truth": tmp_path / "data" / "labels" / "s0.tif",
     }[which]
     cv2.imwrite(str(path), separate * 255)
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert f"{path}: one label value (255) covers" in result.output
     assert "foreground mask" in result.output
@@ -232,9 +229,7 @@ def test_two_label_files_for_one_image_are_refused(tmp_path):
     truth = _plain_dataset(tmp_path / "data", count=1)
     _write_predictions(tmp_path / "pred", truth)
     _write_predictions(tmp_path / "pred", truth, suffix=".png")
-    result = _run(
-        str(tmp_path / "pred"), "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path)
-    )
+    result = _run_on(tmp_path)
     assert result.exit_code == 1
     assert "s0_labels.tif and" in result.output and "s0_labels.png" in result.output
 
